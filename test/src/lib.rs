@@ -1,0 +1,1 @@
+//! Deterministic simulation and checking for aisexec (being written).
