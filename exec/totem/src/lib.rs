@@ -12,13 +12,15 @@
 
 pub mod config;
 mod event;
+mod membership;
+mod order;
 mod pack;
 mod srp;
 mod store;
 mod types;
 pub mod wire;
 
-pub use config::{Params, TotemConfig};
+pub use config::{ConfigError, Params, TotemConfig};
 pub use event::{ConfChange, ConfKind, Dest, Event, McastError, MembState, Stats, Transmit};
 pub use pack::MAX_MESSAGE_LEN;
 pub use srp::Srp;

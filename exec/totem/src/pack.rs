@@ -1,3 +1,327 @@
-//! Packing and fragmentation (being written).
-/// Largest message `mcast` accepts.
+//! Packing many small messages into one frame and cutting large ones into fragments.
+//!
+//! A frame's payload is a run of chunks, each `kind: u8 | len: u16 | [total: u32] | bytes`:
+//! `WHOLE` is a complete message; `FIRST` (which alone carries `total`, the message's
+//! length), `MIDDLE` and `LAST` are consecutive pieces of one message. A sender puts the
+//! pieces of one message in consecutive frames of its own, so a receiver reassembles per
+//! origin, in delivery order.
+//!
+//! A message cut by a configuration change is never delivered in part: receivers drop every
+//! unfinished assembly at a configuration change and wherever recovery skips a gap, and a
+//! sender whose message was only partly sent when the ring changed sends it again, whole,
+//! in the new ring ([`Packer::restart_partial`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::types::NodeId;
+
+/// Largest message [`crate::Srp::mcast`] accepts.
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+
+const WHOLE: u8 = 0;
+const FIRST: u8 = 1;
+const MIDDLE: u8 = 2;
+const LAST: u8 = 3;
+
+/// Header of a `WHOLE`, `MIDDLE` or `LAST` chunk.
+pub(crate) const CHUNK_HEADER: usize = 3;
+/// Header of a `FIRST` chunk.
+const FIRST_HEADER: usize = 7;
+/// A fragment smaller than this is not started at the end of a frame; the frame is
+/// closed instead, so that fragments are few and large.
+const MIN_FRAGMENT: usize = 64;
+
+/// The local send queue: messages waiting for the token, and how far the head message has
+/// been sent when it is being fragmented.
+#[derive(Debug, Default)]
+pub(crate) struct Packer {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// Bytes of `queue[0]` already put in frames.
+    head_sent: usize,
+}
+
+impl Packer {
+    pub fn push(&mut self, msg: Bytes) {
+        self.queued_bytes += msg.len();
+        self.queue.push_back(msg);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// About how many frames of `payload_max` bytes the queue still needs: the backlog
+    /// this node reports on the token.
+    pub fn frames_needed(&self, payload_max: usize) -> u32 {
+        if self.queue.is_empty() {
+            return 0;
+        }
+        let bytes = self.queued_bytes - self.head_sent + self.queue.len() * CHUNK_HEADER;
+        bytes.div_ceil(payload_max.max(1)).max(1) as u32
+    }
+
+    /// Forgets how much of the head message was sent, so that it goes out again whole.
+    pub fn restart_partial(&mut self) {
+        self.head_sent = 0;
+    }
+
+    /// Appends to `out` the chunks of one frame payload of at most `payload_max` bytes.
+    /// Returns false (and appends nothing) when the queue is empty.
+    pub fn fill(&mut self, payload_max: usize, out: &mut BytesMut) -> bool {
+        let start = out.len();
+        while let Some(head) = self.queue.front() {
+            let used = out.len() - start;
+            let space = payload_max.saturating_sub(used);
+            if self.head_sent == 0 {
+                if CHUNK_HEADER + head.len() <= space {
+                    out.put_u8(WHOLE);
+                    out.put_u16(head.len() as u16);
+                    out.put_slice(head);
+                    self.pop_head();
+                    continue;
+                }
+                let fits_in_empty_frame = CHUNK_HEADER + head.len() <= payload_max;
+                if (fits_in_empty_frame && used > 0) || space < FIRST_HEADER + MIN_FRAGMENT {
+                    break;
+                }
+                let n = (space - FIRST_HEADER).min(u16::MAX as usize);
+                out.put_u8(FIRST);
+                out.put_u16(n as u16);
+                out.put_u32(head.len() as u32);
+                out.put_slice(&head[..n]);
+                self.head_sent = n;
+                break;
+            }
+            let rest = head.len() - self.head_sent;
+            if CHUNK_HEADER + rest <= space {
+                out.put_u8(LAST);
+                out.put_u16(rest as u16);
+                out.put_slice(&head[self.head_sent..]);
+                self.pop_head();
+                continue;
+            }
+            if space < CHUNK_HEADER + MIN_FRAGMENT {
+                break;
+            }
+            let n = (space - CHUNK_HEADER).min(u16::MAX as usize);
+            out.put_u8(MIDDLE);
+            out.put_u16(n as u16);
+            out.put_slice(&head[self.head_sent..self.head_sent + n]);
+            self.head_sent += n;
+            break;
+        }
+        out.len() > start
+    }
+
+    fn pop_head(&mut self) {
+        if let Some(m) = self.queue.pop_front() {
+            self.queued_bytes -= m.len();
+        }
+        self.head_sent = 0;
+    }
+}
+
+/// A frame payload that does not parse as chunks; the rest of that frame is dropped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct MalformedPayload;
+
+/// Reassembly of fragmented messages, per origin.
+#[derive(Debug, Default)]
+pub(crate) struct Unpacker {
+    partial: BTreeMap<NodeId, Assembly>,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    buf: BytesMut,
+    total: usize,
+}
+
+impl Unpacker {
+    /// Drops every unfinished message (configuration change, or a gap skipped).
+    pub fn reset(&mut self) {
+        self.partial.clear();
+    }
+
+    /// Splits `payload` from `origin` into messages, calling `deliver` for each complete
+    /// one in order. Whole messages are zero-copy slices of `payload`.
+    pub fn unpack(
+        &mut self,
+        origin: NodeId,
+        payload: &Bytes,
+        mut deliver: impl FnMut(Bytes),
+    ) -> Result<(), MalformedPayload> {
+        let mut rest = payload.clone();
+        while rest.has_remaining() {
+            if rest.remaining() < CHUNK_HEADER {
+                return Err(MalformedPayload);
+            }
+            let kind = rest.get_u8();
+            let len = rest.get_u16() as usize;
+            let total = if kind == FIRST {
+                if rest.remaining() < 4 {
+                    return Err(MalformedPayload);
+                }
+                rest.get_u32() as usize
+            } else {
+                0
+            };
+            if rest.remaining() < len {
+                return Err(MalformedPayload);
+            }
+            let data = rest.split_to(len);
+            match kind {
+                WHOLE => {
+                    // A whole message interrupts any assembly of the same origin: the
+                    // sender restarted it, so the pieces we hold can never complete.
+                    self.partial.remove(&origin);
+                    deliver(data);
+                }
+                FIRST => {
+                    if total > MAX_MESSAGE_LEN || total <= len {
+                        self.partial.remove(&origin);
+                        return Err(MalformedPayload);
+                    }
+                    let mut buf = BytesMut::with_capacity(total);
+                    buf.put_slice(&data);
+                    self.partial.insert(origin, Assembly { buf, total });
+                }
+                MIDDLE | LAST => {
+                    let Some(asm) = self.partial.get_mut(&origin) else {
+                        // The start of this message was cut off by a gap or a change.
+                        continue;
+                    };
+                    let have = asm.buf.len() + data.len();
+                    let complete = have == asm.total;
+                    if have > asm.total || (kind == LAST) != complete {
+                        self.partial.remove(&origin);
+                        return Err(MalformedPayload);
+                    }
+                    asm.buf.put_slice(&data);
+                    if complete {
+                        if let Some(asm) = self.partial.remove(&origin) {
+                            deliver(asm.buf.freeze());
+                        }
+                    }
+                }
+                _ => return Err(MalformedPayload),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(p: &mut Packer, max: usize) -> Vec<Bytes> {
+        let mut v = Vec::new();
+        loop {
+            let mut out = BytesMut::new();
+            if !p.fill(max, &mut out) {
+                return v;
+            }
+            assert!(out.len() <= max);
+            v.push(out.freeze());
+        }
+    }
+
+    fn msg(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn unpack_all(frames: &[Bytes]) -> Vec<Bytes> {
+        let mut u = Unpacker::default();
+        let mut got = Vec::new();
+        for f in frames {
+            u.unpack(NodeId(1), f, |m| got.push(m)).unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn small_messages_share_frames() {
+        let mut p = Packer::default();
+        let sent: Vec<Bytes> = (0..100).map(|i| msg(64, i)).collect();
+        for m in &sent {
+            p.push(m.clone());
+        }
+        let fs = frames(&mut p, 1400);
+        assert_eq!(fs.len(), 5, "20 messages of 64+3 bytes fit in 1400");
+        assert_eq!(unpack_all(&fs), sent);
+        assert_eq!(p.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn one_mebibyte_round_trips_through_fragments() {
+        let mut p = Packer::default();
+        let big = msg(MAX_MESSAGE_LEN, 7);
+        p.push(msg(10, 1));
+        p.push(big.clone());
+        p.push(msg(10, 2));
+        let fs = frames(&mut p, 1400);
+        assert!(fs.len() > MAX_MESSAGE_LEN / 1400);
+        assert_eq!(unpack_all(&fs), vec![msg(10, 1), big, msg(10, 2)]);
+    }
+
+    #[test]
+    fn restarted_message_is_delivered_once_whole() {
+        let mut p = Packer::default();
+        let big = msg(5000, 3);
+        p.push(big.clone());
+        let mut first = BytesMut::new();
+        assert!(p.fill(1400, &mut first));
+        p.restart_partial();
+        let mut u = Unpacker::default();
+        let mut got = Vec::new();
+        u.unpack(NodeId(1), &first.freeze(), |m| got.push(m)).unwrap();
+        u.reset(); // the configuration changed
+        for f in frames(&mut p, 1400) {
+            u.unpack(NodeId(1), &f, |m| got.push(m)).unwrap();
+        }
+        assert_eq!(got, vec![big]);
+    }
+
+    #[test]
+    fn continuation_without_start_is_dropped() {
+        let mut p = Packer::default();
+        p.push(msg(3000, 9));
+        p.push(msg(20, 4));
+        let fs = frames(&mut p, 1400);
+        let got = unpack_all(&fs[1..]);
+        assert_eq!(got, vec![msg(20, 4)]);
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        let mut u = Unpacker::default();
+        let bad: [&[u8]; 4] = [&[0, 0], &[0, 0, 5, 1], &[9, 0, 0], &[1, 0, 1, 0, 0, 0, 1, 7]];
+        for b in bad {
+            let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), |_| panic!("delivered"));
+            assert_eq!(r, Err(MalformedPayload), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn empty_message_is_carried() {
+        let mut p = Packer::default();
+        p.push(Bytes::new());
+        let fs = frames(&mut p, 100);
+        assert_eq!(unpack_all(&fs), vec![Bytes::new()]);
+    }
+}

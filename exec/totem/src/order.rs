@@ -1,0 +1,408 @@
+//! Ordering on a ring (Totem paper §3, totemsrp's `message_handler_orf_token` and
+//! `message_handler_mcast`): the token gives the right to multicast, each frame takes the
+//! next sequence number, members ask for what they miss on the token and whoever holds
+//! it resends, `aru` tracks what every member holds so it can be released, and a message
+//! is delivered as soon as all lower numbers are held (agreed order).
+//!
+//! The same code runs the new ring during recovery, where the frames sent are old-ring
+//! messages instead of new ones.
+
+use bytes::{Bytes, BytesMut};
+use log::{debug, info, warn};
+
+use crate::event::{Dest, Event, MembState};
+use crate::srp::{Srp, Timer};
+use crate::store::{Held, RingStore, MAX_WINDOW};
+use crate::types::NodeId;
+use crate::wire::{Frame, Mcast, MergeDetect, Recovered, Token, TokenHoldCancel, MAX_RTR};
+
+/// What a visit of the token sends before passing it on.
+struct Sends {
+    frames: Vec<Bytes>,
+}
+
+impl Srp {
+    /// Largest packed payload of one mcast frame; leaves room for the recovery
+    /// encapsulation so a message can always be carried into a later ring.
+    pub(crate) fn payload_max(&self) -> usize {
+        self.p.max_frame_len - crate::wire::MCAST_OVERHEAD_MAX
+    }
+
+    /// The store of the ring whose token we are passing: the new ring's during recovery.
+    fn token_store(&mut self) -> &mut RingStore {
+        match self.recovery.as_mut() {
+            Some(rec) => &mut rec.store,
+            None => &mut self.store,
+        }
+    }
+
+    pub(crate) fn on_token(&mut self, mut tok: Token) {
+        let ring_id = match (self.state, &self.recovery) {
+            (MembState::Operational, _) => self.ring_id,
+            (MembState::Recovery, Some(rec)) => rec.ring_id,
+            _ => return,
+        };
+        if tok.ring_id != ring_id || tok.token_seq <= self.token_seq_seen {
+            return;
+        }
+        self.token_seq_seen = tok.token_seq;
+        self.stats.tokens_received += 1;
+        self.cancel_timer(Timer::TokenRetransmit);
+        self.last_sent = None;
+        self.set_timer(Timer::TokenLoss, self.p.token_us);
+        self.hold_cancel_sent = false;
+
+        let incoming_aru = tok.aru;
+        let incoming_seq = tok.seq;
+        let in_recovery = self.state == MembState::Recovery;
+
+        let mut sends = Sends { frames: Vec::new() };
+        let retransmitted = self.serve_retransmit_requests(&mut tok, &mut sends);
+        self.request_missing(&mut tok);
+        let originated = self.originate(&mut tok, retransmitted, &mut sends);
+
+        // The aru: lower it to ours if ours is lower; raise it only if we lowered it.
+        let my_aru = self.token_store().aru();
+        if my_aru < tok.aru || tok.aru_addr == Some(self.me) || tok.aru_addr.is_none() {
+            tok.aru = my_aru;
+            tok.aru_addr = (tok.aru != tok.seq).then_some(self.me);
+        }
+
+        // What the token said both now and one rotation ago, every member had.
+        let release = self.prev_token_aru.min(incoming_aru);
+        self.token_store().release(release);
+
+        if incoming_aru == self.prev_token_aru && incoming_aru < incoming_seq {
+            self.aru_stuck += 1;
+        } else {
+            self.aru_stuck = 0;
+        }
+        let idle = incoming_seq == self.prev_token_seq
+            && originated == 0
+            && tok.rtr.is_empty()
+            && tok.aru == tok.seq
+            && tok.backlog == 0;
+        self.idle_visits = if idle { self.idle_visits + 1 } else { 0 };
+        self.prev_token_aru = incoming_aru;
+        self.prev_token_seq = tok.seq;
+
+        for f in sends.frames {
+            self.send(Dest::Multicast, f);
+        }
+
+        if !in_recovery && self.aru_stuck > self.p.fail_recv_const {
+            if let Some(lagging) = tok.aru_addr.filter(|&n| n != self.me) {
+                warn!(target: "totem", "{}: {lagging} failed to receive for {} rotations; reforming without it",
+                    self.me, self.aru_stuck);
+                self.new_episode();
+                self.fail_set.insert(lagging);
+                self.gather_enter("failed to receive");
+                return;
+            }
+        }
+
+        if in_recovery {
+            self.note_recovery_visit(tok.recovery_backlog, tok.seq);
+            self.forward_token(tok);
+            self.check_recovery_done();
+            return;
+        }
+
+        self.deliver_ready();
+        let am_rep = self.memb.first() == Some(self.me);
+        if am_rep && self.now >= self.next_merge_detect {
+            self.next_merge_detect = self.now.plus_micros(self.p.merge_us);
+            let md = Frame::MergeDetect(MergeDetect {
+                sender: self.me,
+                ring_id: self.ring_id,
+            });
+            self.send(Dest::Multicast, md.to_bytes());
+        }
+        if am_rep && self.idle_visits > self.p.seqno_unchanged_const && self.packer.is_empty() {
+            // An idle ring: sit on the token for a while instead of spinning it.
+            self.held_token = Some(tok);
+            self.set_timer(Timer::Hold, self.p.hold_us);
+            return;
+        }
+        self.forward_token(tok);
+    }
+
+    /// Resends requested frames we hold, within this visit's budget; drops requests for
+    /// frames every member already has.
+    fn serve_retransmit_requests(&mut self, tok: &mut Token, sends: &mut Sends) -> u32 {
+        let budget = self.p.max_messages as usize;
+        let mut resent = 0usize;
+        let store = match self.recovery.as_ref() {
+            Some(rec) => &rec.store,
+            None => &self.store,
+        };
+        tok.rtr.retain(|&seq| {
+            if seq > tok.seq {
+                return false;
+            }
+            match store.get(seq) {
+                Some(h) if resent < budget => {
+                    sends.frames.push(h.frame.clone());
+                    resent += 1;
+                    false
+                }
+                Some(_) => true,
+                None => !store.has(seq),
+            }
+        });
+        self.stats.retransmits += resent as u64;
+        resent as u32
+    }
+
+    /// Adds to the token what we miss among the frames sent before our previous visit
+    /// (newer ones may still be on their way).
+    fn request_missing(&mut self, tok: &mut Token) {
+        let upto = self.prev_token_seq.min(tok.seq);
+        let store = match self.recovery.as_ref() {
+            Some(rec) => &rec.store,
+            None => &self.store,
+        };
+        if store.aru() >= upto {
+            return;
+        }
+        for seq in store.missing(store.aru() + 1, upto) {
+            if tok.rtr.len() >= MAX_RTR {
+                break;
+            }
+            if !tok.rtr.contains(&seq) {
+                tok.rtr.push(seq);
+            }
+        }
+    }
+
+    /// Multicasts new frames as flow control allows; returns how many.
+    fn originate(&mut self, tok: &mut Token, retransmitted: u32, sends: &mut Sends) -> u32 {
+        let payload_max = self.payload_max();
+        let my_backlog = match self.recovery.as_ref() {
+            Some(rec) => rec.resend.len() as u32,
+            None => self.packer.frames_needed(payload_max),
+        };
+        let others_sent = tok.fcc.saturating_sub(self.my_last_sent);
+        let others_backlog = tok.backlog.saturating_sub(self.my_last_backlog);
+        let window = self.p.window_size;
+        let mut allowed = window
+            .saturating_sub(others_sent)
+            .min(self.p.max_messages.saturating_sub(retransmitted));
+        let total_backlog = others_backlog + my_backlog;
+        if total_backlog > window && my_backlog > 0 {
+            // More wants to go than a rotation carries: everyone gets a share of the
+            // window proportional to what it has waiting.
+            let share = (u64::from(window) * u64::from(my_backlog) / u64::from(total_backlog)) as u32;
+            allowed = allowed.min(share.max(1));
+        }
+        // Never run so far ahead of what every member holds that stores grow unbounded.
+        let ceiling = (tok.aru + MAX_WINDOW / 2).saturating_sub(tok.seq);
+        allowed = allowed.min(ceiling.min(u64::from(u32::MAX)) as u32);
+
+        let mut sent = 0;
+        while sent < allowed {
+            let seq = tok.seq + 1;
+            let Some((frame, payload_len, carries_recovered)) = self.next_frame(seq, payload_max)
+            else {
+                break;
+            };
+            let payload = frame.slice(frame.len() - payload_len..);
+            let held = Held {
+                origin: self.me,
+                frame: frame.clone(),
+                payload: payload.clone(),
+                carries_recovered,
+            };
+            if !self.token_store().insert(seq, held) {
+                // Cannot happen: `seq` is above everything on the ring and within the
+                // window ceiling. Stop rather than send what we could not keep.
+                warn!(target: "totem", "{}: could not store own frame {seq}", self.me);
+                break;
+            }
+            tok.seq = seq;
+            self.stats.mcast_frames += 1;
+            sends.frames.push(frame);
+            sent += 1;
+        }
+
+        let backlog_now = match self.recovery.as_mut() {
+            Some(rec) => {
+                let left = rec.resend.len() as u32;
+                tok.recovery_backlog = tok.recovery_backlog.saturating_sub(rec.last_backlog) + left;
+                rec.last_backlog = left;
+                0
+            }
+            None => self.packer.frames_needed(payload_max),
+        };
+        tok.fcc = others_sent + sent;
+        tok.backlog = others_backlog + backlog_now;
+        self.my_last_sent = sent;
+        self.my_last_backlog = backlog_now;
+        if sent > 0 && self.recovery.is_some() {
+            debug!(target: "totem", "{}: resent {sent} old-ring frames", self.me);
+        }
+        sent
+    }
+
+    /// Builds the frame for `seq`: an old-ring message during recovery, else packed
+    /// messages from the send queue. Returns the frame, its payload length and whether
+    /// it carries a recovered message.
+    fn next_frame(&mut self, seq: u64, payload_max: usize) -> Option<(Bytes, usize, bool)> {
+        let old_ring = self.ring_id;
+        let me = self.me;
+        let (ring_id, recovered, payload) = match self.recovery.as_mut() {
+            Some(rec) => {
+                let (old_seq, origin, payload) = rec.resend.pop_front()?;
+                let r = Recovered {
+                    ring_id: old_ring,
+                    seq: old_seq,
+                    origin,
+                };
+                (rec.ring_id, Some(r), payload)
+            }
+            None => {
+                let mut buf = BytesMut::with_capacity(payload_max);
+                if !self.packer.fill(payload_max, &mut buf) {
+                    return None;
+                }
+                (self.ring_id, None, buf.freeze())
+            }
+        };
+        let len = payload.len();
+        let frame = Frame::Mcast(Mcast {
+            sender: me,
+            ring_id,
+            seq,
+            recovered,
+            payload,
+        })
+        .to_bytes();
+        Some((frame, len, recovered.is_some()))
+    }
+
+    /// Passes the token to our successor on the ring it belongs to.
+    pub(crate) fn forward_token(&mut self, mut tok: Token) {
+        let memb = match self.recovery.as_ref() {
+            Some(rec) => &rec.memb,
+            None => &self.memb,
+        };
+        let Some(next) = memb.successor(self.me) else {
+            return;
+        };
+        tok.sender = self.me;
+        tok.token_seq += 1;
+        let data = Frame::Token(tok).to_bytes();
+        self.send_token_frame(next, data);
+    }
+
+    /// Passes on a token held on an idle ring.
+    pub(crate) fn release_held_token(&mut self) {
+        self.cancel_timer(Timer::Hold);
+        if let Some(tok) = self.held_token.take() {
+            self.idle_visits = 0;
+            self.forward_token(tok);
+        }
+    }
+
+    /// Something was queued on a ring that may be idle: get the token moving.
+    pub(crate) fn wake_idle_ring(&mut self) {
+        if self.held_token.is_some() {
+            self.release_held_token();
+        } else if self.idle_visits > self.p.seqno_unchanged_const && !self.hold_cancel_sent {
+            self.hold_cancel_sent = true;
+            let f = Frame::TokenHoldCancel(TokenHoldCancel {
+                sender: self.me,
+                ring_id: self.ring_id,
+            });
+            self.send(Dest::Multicast, f.to_bytes());
+        }
+    }
+
+    pub(crate) fn on_token_hold_cancel(&mut self, ring_id: crate::RingId) {
+        if self.state == MembState::Operational && ring_id == self.ring_id {
+            self.release_held_token();
+        }
+    }
+
+    pub(crate) fn on_mcast(&mut self, m: Mcast, frame: Bytes) {
+        let held = Held {
+            origin: m.sender,
+            frame,
+            payload: m.payload.clone(),
+            carries_recovered: m.recovered.is_some(),
+        };
+        match self.state {
+            MembState::Operational => {
+                if m.ring_id == self.ring_id {
+                    if self.store.insert(m.seq, held) {
+                        self.deliver_ready();
+                    }
+                } else if !self.memb.contains(m.sender) {
+                    info!(target: "totem", "{}: message from {} of foreign ring {}; merging",
+                        self.me, m.sender, m.ring_id);
+                    self.start_merge(m.sender, "foreign message");
+                }
+            }
+            MembState::Recovery => {
+                let old_ring = self.ring_id;
+                let Some(rec) = self.recovery.as_mut() else {
+                    return;
+                };
+                if m.ring_id != rec.ring_id {
+                    // Frames of the old ring arriving now are not taken: the set of old
+                    // messages is what the members resend, the same for all of them.
+                    return;
+                }
+                if !rec.store.insert(m.seq, held) {
+                    return;
+                }
+                if let Some(r) = m.recovered.filter(|r| r.ring_id == old_ring) {
+                    let old = Held {
+                        origin: r.origin,
+                        frame: Bytes::new(),
+                        payload: m.payload,
+                        carries_recovered: false,
+                    };
+                    self.store.insert(r.seq, old);
+                }
+            }
+            MembState::Gather | MembState::Commit => {
+                // A late frame of the ring we still have installed: keep it, it will be
+                // resent to the others during recovery.
+                if m.ring_id == self.ring_id {
+                    self.store.insert(m.seq, held);
+                }
+            }
+        }
+    }
+
+    /// Delivers, in order, every held message of the installed ring not yet delivered.
+    pub(crate) fn deliver_ready(&mut self) {
+        while self.store.delivered() < self.store.aru() {
+            let seq = self.store.delivered() + 1;
+            self.store.set_delivered(seq);
+            let Some(h) = self.store.get(seq) else {
+                continue;
+            };
+            if h.carries_recovered {
+                continue;
+            }
+            let (origin, payload) = (h.origin, h.payload.clone());
+            self.deliver_payload(origin, &payload);
+        }
+    }
+
+    /// Unpacks one frame's payload and queues its whole messages for the layer above.
+    pub(crate) fn deliver_payload(&mut self, origin: NodeId, payload: &Bytes) {
+        let events = &mut self.events;
+        let stats = &mut self.stats;
+        let res = self.unpacker.unpack(origin, payload, |msg| {
+            stats.messages_delivered += 1;
+            events.push_back(Event::Deliver { origin, msg });
+        });
+        if res.is_err() {
+            self.stats.bad_frames += 1;
+            warn!(target: "totem", "{}: malformed payload from {origin} dropped", self.me);
+        }
+    }
+}
