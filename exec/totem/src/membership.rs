@@ -85,8 +85,10 @@ impl Srp {
             MembState::Operational if !self.memb.contains(sender) => {
                 self.start_merge(sender, "merge detect")
             }
-            MembState::Gather if !self.fail_set.contains(sender) => {
-                if self.proc_set.insert(sender) {
+            MembState::Gather => {
+                let known = self.fail_set.contains(sender) || self.proc_set.contains(sender);
+                if !known {
+                    self.proc_set.insert(sender);
                     self.gather_enter("merge detect");
                 }
             }

@@ -195,8 +195,10 @@ impl Srp {
             let share = (u64::from(window) * u64::from(my_backlog) / u64::from(total_backlog)) as u32;
             allowed = allowed.min(share.max(1));
         }
-        // Never run so far ahead of what every member holds that stores grow unbounded.
-        let ceiling = (tok.aru + MAX_WINDOW / 2).saturating_sub(tok.seq);
+        // Never run so far ahead of what every member holds that stores grow unbounded
+        // (a member that keeps missing frames is failed after fail_recv_const rotations).
+        let ahead = (u64::from(window) * 64).clamp(1024, MAX_WINDOW / 2);
+        let ceiling = (tok.aru + ahead).saturating_sub(tok.seq);
         allowed = allowed.min(ceiling.min(u64::from(u32::MAX)) as u32);
 
         let mut sent = 0;
