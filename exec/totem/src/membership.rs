@@ -100,20 +100,34 @@ impl Srp {
         // Every member of our installed ring saw its commit token, so its joins carry at
         // least that ring's sequence number; one with less is a leftover of the gathering
         // that formed it.
-        if self.memb.contains(j.sender) && j.ring_seq < self.ring_id.seq {
+        let member = self.memb.contains(j.sender);
+        if member && j.ring_seq < self.ring_id.seq {
             return;
         }
         let leaving = j.fail_set.contains(j.sender);
+        if !member && !leaving && j.fail_set.contains(self.me) {
+            // A stranger that gave up on us in a gathering of its own: when it gathers
+            // again it starts afresh. Answering by failing it back would only spread the
+            // split to whoever hears our joins next.
+            return;
+        }
         match self.state {
             MembState::Operational => {
-                if leaving && !self.memb.contains(j.sender) {
+                if leaving && !member {
                     return;
                 }
                 self.new_episode();
                 self.gather_enter(if leaving { "member leaving" } else { "join received" });
             }
             MembState::Commit | MembState::Recovery => {
-                if self.fail_set.contains(j.sender) {
+                // Only a member of the ring being formed can stop it; strangers are
+                // heard once it is installed.
+                let forming = match (&self.commit, &self.recovery) {
+                    (_, Some(rec)) => rec.memb.contains(j.sender),
+                    (Some(ct), None) => ct.members.iter().any(|m| m.node == j.sender),
+                    (None, None) => false,
+                };
+                if !forming || self.fail_set.contains(j.sender) {
                     return;
                 }
                 if !leaving && j.proc_set.is_subset(&self.proc_set) && j.fail_set.is_subset(&self.fail_set) {
@@ -141,7 +155,12 @@ impl Srp {
         } else {
             changed |= self.proc_set.insert(j.sender);
             changed |= self.proc_set.union_with(&j.proc_set);
-            changed |= self.fail_set.union_with(&j.fail_set);
+            // Failures are only taken from members of our own ring. A stranger's fail set
+            // speaks of a gathering we were not part of; adopting it would let stale
+            // exclusions spread from node to node and keep splitting the cluster.
+            if self.memb.contains(j.sender) {
+                changed |= self.fail_set.union_with(&j.fail_set);
+            }
             self.joins.insert(j.sender, (j.proc_set, j.fail_set));
         }
         if changed {
@@ -430,20 +449,13 @@ impl Srp {
         }));
 
         // After a gap, only messages of those who came along, in the transitional
-        // configuration. Pieces of a message that straddle a gap are dropped.
-        let mut gap = false;
+        // configuration. A message whose pieces were not all recovered is dropped by the
+        // unpacker, and whatever is still unfinished is dropped with the old ring.
         while seq <= old.high_seq() {
-            match old.get(seq) {
-                None => gap = true,
-                Some(h) => {
-                    if gap {
-                        self.unpacker.reset();
-                        gap = false;
-                    }
-                    let (origin, payload) = (h.origin, h.payload.clone());
-                    if !h.carries_recovered && rec.trans.contains(origin) {
-                        self.deliver_payload(origin, &payload);
-                    }
+            if let Some(h) = old.get(seq) {
+                let (origin, payload) = (h.origin, h.payload.clone());
+                if !h.carries_recovered && rec.trans.contains(origin) {
+                    self.deliver_payload(origin, &payload);
                 }
             }
             seq += 1;

@@ -1,15 +1,17 @@
 //! Packing many small messages into one frame and cutting large ones into fragments.
 //!
-//! A frame's payload is a run of chunks, each `kind: u8 | len: u16 | [total: u32] | bytes`:
-//! `WHOLE` is a complete message; `FIRST` (which alone carries `total`, the message's
-//! length), `MIDDLE` and `LAST` are consecutive pieces of one message. A sender puts the
-//! pieces of one message in consecutive frames of its own, so a receiver reassembles per
-//! origin, in delivery order.
+//! A frame's payload is a run of chunks. `WHOLE` is a complete message:
+//! `kind: u8 | len: u16 | bytes`. `FIRST`, `MIDDLE` and `LAST` are consecutive pieces of
+//! one message: `kind | len | frag_id: u32 | total (FIRST) or offset (others): u32 |
+//! bytes`. A sender puts the pieces of one message in consecutive frames of its own, so a
+//! receiver reassembles per origin, in delivery order; `frag_id` (a per-sender counter)
+//! and the offset let it tell that a piece belongs to the message it is assembling, so a
+//! piece lost with a frame that recovery had to skip spoils only its own message.
 //!
 //! A message cut by a configuration change is never delivered in part: receivers drop every
-//! unfinished assembly at a configuration change and wherever recovery skips a gap, and a
-//! sender whose message was only partly sent when the ring changed sends it again, whole,
-//! in the new ring ([`Packer::restart_partial`]).
+//! unfinished assembly at a configuration change, and a sender whose message was only
+//! partly sent when the ring changed sends it again, whole, in the new ring
+//! ([`Packer::restart_partial`]), under a new `frag_id`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,10 +27,10 @@ const FIRST: u8 = 1;
 const MIDDLE: u8 = 2;
 const LAST: u8 = 3;
 
-/// Header of a `WHOLE`, `MIDDLE` or `LAST` chunk.
+/// Header of a `WHOLE` chunk.
 pub(crate) const CHUNK_HEADER: usize = 3;
-/// Header of a `FIRST` chunk.
-const FIRST_HEADER: usize = 7;
+/// Header of a `FIRST`, `MIDDLE` or `LAST` chunk.
+const FRAGMENT_HEADER: usize = 11;
 /// A fragment smaller than this is not started at the end of a frame; the frame is
 /// closed instead, so that fragments are few and large.
 const MIN_FRAGMENT: usize = 64;
@@ -41,6 +43,8 @@ pub(crate) struct Packer {
     queued_bytes: usize,
     /// Bytes of `queue[0]` already put in frames.
     head_sent: usize,
+    /// `frag_id` of the message being fragmented, and the next one to use.
+    frag_id: u32,
 }
 
 impl Packer {
@@ -92,31 +96,37 @@ impl Packer {
                     continue;
                 }
                 let fits_in_empty_frame = CHUNK_HEADER + head.len() <= payload_max;
-                if (fits_in_empty_frame && used > 0) || space < FIRST_HEADER + MIN_FRAGMENT {
+                if (fits_in_empty_frame && used > 0) || space < FRAGMENT_HEADER + MIN_FRAGMENT {
                     break;
                 }
-                let n = (space - FIRST_HEADER).min(u16::MAX as usize);
+                self.frag_id = self.frag_id.wrapping_add(1);
+                let n = (space - FRAGMENT_HEADER).min(u16::MAX as usize);
                 out.put_u8(FIRST);
                 out.put_u16(n as u16);
+                out.put_u32(self.frag_id);
                 out.put_u32(head.len() as u32);
                 out.put_slice(&head[..n]);
                 self.head_sent = n;
                 break;
             }
             let rest = head.len() - self.head_sent;
-            if CHUNK_HEADER + rest <= space {
+            if FRAGMENT_HEADER + rest <= space {
                 out.put_u8(LAST);
                 out.put_u16(rest as u16);
+                out.put_u32(self.frag_id);
+                out.put_u32(self.head_sent as u32);
                 out.put_slice(&head[self.head_sent..]);
                 self.pop_head();
                 continue;
             }
-            if space < CHUNK_HEADER + MIN_FRAGMENT {
+            if space < FRAGMENT_HEADER + MIN_FRAGMENT {
                 break;
             }
-            let n = (space - CHUNK_HEADER).min(u16::MAX as usize);
+            let n = (space - FRAGMENT_HEADER).min(u16::MAX as usize);
             out.put_u8(MIDDLE);
             out.put_u16(n as u16);
+            out.put_u32(self.frag_id);
+            out.put_u32(self.head_sent as u32);
             out.put_slice(&head[self.head_sent..self.head_sent + n]);
             self.head_sent += n;
             break;
@@ -144,12 +154,13 @@ pub(crate) struct Unpacker {
 
 #[derive(Debug)]
 struct Assembly {
+    frag_id: u32,
     buf: BytesMut,
     total: usize,
 }
 
 impl Unpacker {
-    /// Drops every unfinished message (configuration change, or a gap skipped).
+    /// Drops every unfinished message (at a configuration change).
     pub fn reset(&mut self) {
         self.partial.clear();
     }
@@ -169,13 +180,13 @@ impl Unpacker {
             }
             let kind = rest.get_u8();
             let len = rest.get_u16() as usize;
-            let total = if kind == FIRST {
-                if rest.remaining() < 4 {
+            let (frag_id, total_or_offset) = if kind == WHOLE {
+                (0, 0)
+            } else {
+                if rest.remaining() < FRAGMENT_HEADER - CHUNK_HEADER {
                     return Err(MalformedPayload);
                 }
-                rest.get_u32() as usize
-            } else {
-                0
+                (rest.get_u32(), rest.get_u32() as usize)
             };
             if rest.remaining() < len {
                 return Err(MalformedPayload);
@@ -189,19 +200,27 @@ impl Unpacker {
                     deliver(data);
                 }
                 FIRST => {
+                    let total = total_or_offset;
                     if total > MAX_MESSAGE_LEN || total <= len {
                         self.partial.remove(&origin);
                         return Err(MalformedPayload);
                     }
                     let mut buf = BytesMut::with_capacity(total);
                     buf.put_slice(&data);
-                    self.partial.insert(origin, Assembly { buf, total });
+                    self.partial.insert(origin, Assembly { frag_id, buf, total });
                 }
                 MIDDLE | LAST => {
+                    let offset = total_or_offset;
                     let Some(asm) = self.partial.get_mut(&origin) else {
-                        // The start of this message was cut off by a gap or a change.
+                        // The start of this message was cut off.
                         continue;
                     };
+                    if asm.frag_id != frag_id || asm.buf.len() != offset {
+                        // A piece of this message, or the end of the one we hold, went
+                        // with a frame that was never recovered: neither can complete.
+                        self.partial.remove(&origin);
+                        continue;
+                    }
                     let have = asm.buf.len() + data.len();
                     let complete = have == asm.total;
                     if have > asm.total || (kind == LAST) != complete {
@@ -310,11 +329,47 @@ mod tests {
     #[test]
     fn malformed_payloads_are_refused() {
         let mut u = Unpacker::default();
-        let bad: [&[u8]; 4] = [&[0, 0], &[0, 0, 5, 1], &[9, 0, 0], &[1, 0, 1, 0, 0, 0, 1, 7]];
+        let bad: [&[u8]; 4] = [
+            &[0, 0],
+            &[0, 0, 5, 1],
+            &[9, 0, 0],
+            &[1, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 7],
+        ];
         for b in bad {
             let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), |_| panic!("delivered"));
             assert_eq!(r, Err(MalformedPayload), "{b:?}");
         }
+    }
+
+    #[test]
+    fn a_lost_piece_spoils_only_its_own_message() {
+        let mut p = Packer::default();
+        p.push(msg(5000, 1));
+        p.push(msg(5000, 2));
+        let fs = frames(&mut p, 1400);
+        // Lose the frame that ends the first message and starts the second.
+        let cut = fs.iter().position(contains_last).unwrap();
+        let mut kept = fs.clone();
+        kept.remove(cut);
+        assert!(unpack_all(&kept).is_empty());
+        assert_eq!(unpack_all(&fs), vec![msg(5000, 1), msg(5000, 2)]);
+    }
+
+    /// Whether a frame payload holds a LAST chunk.
+    fn contains_last(f: &Bytes) -> bool {
+        let mut rest = f.clone();
+        while rest.remaining() >= CHUNK_HEADER {
+            let kind = rest.get_u8();
+            let len = rest.get_u16() as usize;
+            if kind != WHOLE {
+                rest.advance(FRAGMENT_HEADER - CHUNK_HEADER);
+            }
+            if kind == LAST {
+                return true;
+            }
+            rest.advance(len);
+        }
+        false
     }
 
     #[test]
