@@ -155,12 +155,7 @@ impl Srp {
         } else {
             changed |= self.proc_set.insert(j.sender);
             changed |= self.proc_set.union_with(&j.proc_set);
-            // Failures are only taken from members of our own ring. A stranger's fail set
-            // speaks of a gathering we were not part of; adopting it would let stale
-            // exclusions spread from node to node and keep splitting the cluster.
-            if self.memb.contains(j.sender) {
-                changed |= self.fail_set.union_with(&j.fail_set);
-            }
+            changed |= self.fail_set.union_with(&j.fail_set);
             self.joins.insert(j.sender, (j.proc_set, j.fail_set));
         }
         if changed {
