@@ -211,9 +211,17 @@ fn draw_len(rng: &mut Rng, big_budget: &mut u32) -> usize {
     rng.range(lo as u64, hi as u64) as usize
 }
 
+/// Messages an application lets pile up in its node's send queue before it waits (as a
+/// client does on TRY_AGAIN). Without it a partition lets queues grow to tens of
+/// megabytes that no heal bound based on timeouts could drain on a slow, jittery ring.
+const APP_QUEUE_LIMIT: usize = 128;
+
 /// Sends one workload message; a refusal of a legal message for being too large is a
 /// violation, a full queue is not.
 fn send(c: &mut Cluster, n: u32, len: usize) -> Result<(), SendError> {
+    if c.srp(n).is_some_and(|s| s.send_queue_len() >= APP_QUEUE_LIMIT) {
+        return Err(SendError::Mcast(McastError::QueueFull));
+    }
     let r = c.send_numbered(n, len).map(|_| ());
     if r == Err(SendError::Mcast(McastError::TooLarge)) {
         c.report(
