@@ -7,7 +7,7 @@
 //! The same code runs the new ring during recovery, where the frames sent are old-ring
 //! messages instead of new ones.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use log::{debug, info, warn};
 
 use crate::event::{Dest, Event, MembState};
@@ -250,36 +250,31 @@ impl Srp {
     /// messages from the send queue. Returns the frame, its payload length and whether
     /// it carries a recovered message.
     fn next_frame(&mut self, seq: u64, payload_max: usize) -> Option<(Bytes, usize, bool)> {
-        let old_ring = self.ring_id;
         let me = self.me;
-        let (ring_id, recovered, payload) = match self.recovery.as_mut() {
-            Some(rec) => {
-                let (old_seq, origin, payload) = rec.resend.pop_front()?;
-                let r = Recovered {
-                    ring_id: old_ring,
-                    seq: old_seq,
-                    origin,
-                };
-                (rec.ring_id, Some(r), payload)
-            }
-            None => {
-                let mut buf = BytesMut::with_capacity(payload_max);
-                if !self.packer.fill(payload_max, &mut buf) {
-                    return None;
-                }
-                (self.ring_id, None, buf.freeze())
-            }
+        let Some(rec) = self.recovery.as_mut() else {
+            let capacity = self.p.max_frame_len;
+            let packer = &mut self.packer;
+            let (frame, len) = crate::wire::build_mcast(me, self.ring_id, seq, capacity, |out| {
+                packer.fill(payload_max, out)
+            })?;
+            return Some((frame, len, false));
+        };
+        let (old_seq, origin, payload) = rec.resend.pop_front()?;
+        let recovered = Recovered {
+            ring_id: self.ring_id,
+            seq: old_seq,
+            origin,
         };
         let len = payload.len();
         let frame = Frame::Mcast(Mcast {
             sender: me,
-            ring_id,
+            ring_id: rec.ring_id,
             seq,
-            recovered,
+            recovered: Some(recovered),
             payload,
         })
         .to_bytes();
-        Some((frame, len, recovered.is_some()))
+        Some((frame, len, true))
     }
 
     /// Passes the token to our successor on the ring it belongs to.

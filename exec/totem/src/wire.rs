@@ -258,6 +258,19 @@ impl Frame {
     }
 }
 
+/// Builds a (not recovered) mcast frame with its payload written in place by `fill`, so
+/// packing messages costs one buffer per frame. Returns the frame and its payload length
+/// (the payload is the frame's tail), or `None` when `fill` wrote nothing.
+pub fn build_mcast(
+    sender: NodeId,
+    ring_id: RingId,
+    seq: u64,
+    capacity: usize,
+    fill: impl FnOnce(&mut BytesMut) -> bool,
+) -> Option<(Bytes, usize)> {
+    codec::encode_mcast_with(sender, ring_id, seq, capacity, fill)
+}
+
 /// The sender of a frame from its header alone, without decoding the body; lets the daemon
 /// learn a peer's address. `None` when the header is not ours.
 pub fn peek_sender(data: &[u8]) -> Option<NodeId> {

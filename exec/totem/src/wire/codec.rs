@@ -127,6 +127,34 @@ pub(super) fn encode(frame: &Frame, out: &mut BytesMut) {
     }
 }
 
+/// Encodes an mcast frame whose payload `fill` writes straight into the frame buffer,
+/// then patches the payload length in. Nothing is built when `fill` writes nothing.
+pub(super) fn encode_mcast_with(
+    sender: NodeId,
+    ring_id: RingId,
+    seq: u64,
+    capacity: usize,
+    fill: impl FnOnce(&mut BytesMut) -> bool,
+) -> Option<(Bytes, usize)> {
+    let mut out = BytesMut::with_capacity(capacity);
+    let mut w = Writer(&mut out);
+    w.header(FrameKind::Mcast, sender);
+    w.ring_id(ring_id);
+    w.u64(seq);
+    w.u8(0);
+    let len_at = out.len();
+    out.put_u32(0);
+    let start = out.len();
+    if !fill(&mut out) {
+        return None;
+    }
+    let payload_len = out.len() - start;
+    debug_assert!(out.len() <= MAX_FRAME_LEN, "mcast frame of {} bytes", out.len());
+    let len = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
+    out[len_at..start].copy_from_slice(&len);
+    Some((out.freeze(), payload_len))
+}
+
 /// Decodes one whole frame. Total: every read is bounds-checked, every count is checked
 /// against its constant bound and against the bytes left before anything is allocated.
 pub(super) fn decode(data: &Bytes) -> Result<Frame, DecodeError> {
@@ -689,6 +717,25 @@ mod tests {
         ]
         .concat();
         assert_eq!(encoded(&join(nodes([1, 256]), nodes([3]))), expected);
+    }
+
+    #[test]
+    fn mcast_built_in_place_equals_the_encoded_frame() {
+        let (bytes, len) = encode_mcast_with(NodeId(3), ring(1, 8), 42, 64, |out| {
+            out.put_slice(b"in place");
+            true
+        })
+        .unwrap();
+        assert_eq!(len, 8);
+        let expected = Frame::Mcast(Mcast {
+            sender: NodeId(3),
+            ring_id: ring(1, 8),
+            seq: 42,
+            recovered: None,
+            payload: Bytes::from_static(b"in place"),
+        });
+        assert_eq!(bytes, expected.to_bytes());
+        assert!(encode_mcast_with(NodeId(3), ring(1, 8), 42, 64, |_| false).is_none());
     }
 
     #[test]
