@@ -359,6 +359,7 @@ impl Srp {
         self.token_seq_seen = 0;
         self.prev_token_aru = 0;
         self.prev_token_seq = 0;
+        self.miss_counts.clear();
         self.aru_stuck = 0;
         self.my_last_sent = 0;
         self.my_last_backlog = 0;

@@ -154,18 +154,27 @@ impl Srp {
         resent as u32
     }
 
-    /// Adds to the token what we miss among the frames sent before our previous visit
-    /// (newer ones may still be on their way).
+    /// Adds to the token the frames we miss. A frame is only asked for once it has been
+    /// missing at `miss_count_const` visits of the token: the token is unicast and may
+    /// overtake the multicast frames it announces, which should be given time to arrive.
     fn request_missing(&mut self, tok: &mut Token) {
-        let upto = self.prev_token_seq.min(tok.seq);
+        let miss_count_const = self.p.miss_count_const;
         let store = match self.recovery.as_ref() {
             Some(rec) => &rec.store,
             None => &self.store,
         };
-        if store.aru() >= upto {
+        let aru = store.aru();
+        // Counts of frames we now hold or were released are forgotten.
+        self.miss_counts.retain(|&seq, _| seq > aru && !store.has(seq));
+        if aru >= tok.seq {
             return;
         }
-        for seq in store.missing(store.aru() + 1, upto) {
+        for seq in store.missing(aru + 1, tok.seq) {
+            let misses = self.miss_counts.entry(seq).or_insert(0);
+            *misses += 1;
+            if *misses < miss_count_const {
+                continue;
+            }
             if tok.rtr.len() >= MAX_RTR {
                 break;
             }

@@ -93,8 +93,10 @@ pub struct Srp {
     pub(crate) last_sent: Option<(NodeId, Bytes)>,
     /// The token's aru at our previous visit (release point, stuck-aru detection).
     pub(crate) prev_token_aru: u64,
-    /// The token's seq at our previous visit (idle detection, retransmit requests).
+    /// The token's seq at our previous visit (idle detection).
     pub(crate) prev_token_seq: u64,
+    /// For each frame we miss, at how many token visits it was missing.
+    pub(crate) miss_counts: BTreeMap<u64, u32>,
     pub(crate) aru_stuck: u32,
     /// Frames we originated at our previous visit (our part of the token's fcc).
     pub(crate) my_last_sent: u32,
@@ -144,6 +146,7 @@ impl Srp {
             last_sent: None,
             prev_token_aru: 0,
             prev_token_seq: 0,
+            miss_counts: BTreeMap::new(),
             aru_stuck: 0,
             my_last_sent: 0,
             my_last_backlog: 0,
