@@ -219,7 +219,9 @@ const APP_QUEUE_LIMIT: usize = 128;
 /// Sends one workload message; a refusal of a legal message for being too large is a
 /// violation, a full queue is not.
 fn send(c: &mut Cluster, n: u32, len: usize) -> Result<(), SendError> {
-    if c.srp(n).is_some_and(|s| s.send_queue_len() >= APP_QUEUE_LIMIT) {
+    if c.srp(n)
+        .is_some_and(|s| s.send_queue_len() >= APP_QUEUE_LIMIT)
+    {
         return Err(SendError::Mcast(McastError::QueueFull));
     }
     let r = c.send_numbered(n, len).map(|_| ());

@@ -117,7 +117,11 @@ impl Srp {
                     return;
                 }
                 self.new_episode();
-                self.gather_enter(if leaving { "member leaving" } else { "join received" });
+                self.gather_enter(if leaving {
+                    "member leaving"
+                } else {
+                    "join received"
+                });
             }
             MembState::Commit | MembState::Recovery => {
                 // Only a member of the ring being formed can stop it; strangers are
@@ -130,7 +134,10 @@ impl Srp {
                 if !forming || self.fail_set.contains(j.sender) {
                     return;
                 }
-                if !leaving && j.proc_set.is_subset(&self.proc_set) && j.fail_set.is_subset(&self.fail_set) {
+                if !leaving
+                    && j.proc_set.is_subset(&self.proc_set)
+                    && j.fail_set.is_subset(&self.fail_set)
+                {
                     // Nothing we did not already agree on: a late copy.
                     return;
                 }
@@ -265,7 +272,10 @@ impl Srp {
                 self.fill_and_forward_commit(ct, my_idx);
             }
             MembState::Commit => {
-                let ours = self.commit.as_ref().is_some_and(|c| c.ring_id == ct.ring_id);
+                let ours = self
+                    .commit
+                    .as_ref()
+                    .is_some_and(|c| c.ring_id == ct.ring_id);
                 if !ours || !all_filled {
                     return;
                 }

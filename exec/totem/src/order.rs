@@ -165,7 +165,8 @@ impl Srp {
         };
         let aru = store.aru();
         // Counts of frames we now hold or were released are forgotten.
-        self.miss_counts.retain(|&seq, _| seq > aru && !store.has(seq));
+        self.miss_counts
+            .retain(|&seq, _| seq > aru && !store.has(seq));
         if aru >= tok.seq {
             return;
         }
@@ -201,7 +202,8 @@ impl Srp {
         if total_backlog > window && my_backlog > 0 {
             // More wants to go than a rotation carries: everyone gets a share of the
             // window proportional to what it has waiting.
-            let share = (u64::from(window) * u64::from(my_backlog) / u64::from(total_backlog)) as u32;
+            let share =
+                (u64::from(window) * u64::from(my_backlog) / u64::from(total_backlog)) as u32;
             allowed = allowed.min(share.max(1));
         }
         // Never run so far ahead of what every member holds that stores grow unbounded

@@ -207,7 +207,14 @@ impl Unpacker {
                     }
                     let mut buf = BytesMut::with_capacity(total);
                     buf.put_slice(&data);
-                    self.partial.insert(origin, Assembly { frag_id, buf, total });
+                    self.partial.insert(
+                        origin,
+                        Assembly {
+                            frag_id,
+                            buf,
+                            total,
+                        },
+                    );
                 }
                 MIDDLE | LAST => {
                     let offset = total_or_offset;
@@ -308,7 +315,8 @@ mod tests {
         p.restart_partial();
         let mut u = Unpacker::default();
         let mut got = Vec::new();
-        u.unpack(NodeId(1), &first.freeze(), |m| got.push(m)).unwrap();
+        u.unpack(NodeId(1), &first.freeze(), |m| got.push(m))
+            .unwrap();
         u.reset(); // the configuration changed
         for f in frames(&mut p, 1400) {
             u.unpack(NodeId(1), &f, |m| got.push(m)).unwrap();
@@ -336,7 +344,9 @@ mod tests {
             &[1, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 7],
         ];
         for b in bad {
-            let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), |_| panic!("delivered"));
+            let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), |_| {
+                panic!("delivered")
+            });
             assert_eq!(r, Err(MalformedPayload), "{b:?}");
         }
     }

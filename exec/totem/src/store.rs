@@ -172,7 +172,10 @@ mod tests {
         s.release(4);
         assert!(s.get(2).is_none() && s.has(2));
         assert!(s.get(3).is_some());
-        assert!(!s.insert(1, held(1)), "released numbers are not stored again");
+        assert!(
+            !s.insert(1, held(1)),
+            "released numbers are not stored again"
+        );
     }
 
     #[test]

@@ -127,12 +127,24 @@ impl NodeSet {
 
     /// The members of `self` that are not in `other`.
     pub fn difference(&self, other: &NodeSet) -> NodeSet {
-        NodeSet(self.0.iter().copied().filter(|id| !other.contains(*id)).collect())
+        NodeSet(
+            self.0
+                .iter()
+                .copied()
+                .filter(|id| !other.contains(*id))
+                .collect(),
+        )
     }
 
     /// The members of both.
     pub fn intersection(&self, other: &NodeSet) -> NodeSet {
-        NodeSet(self.0.iter().copied().filter(|id| other.contains(*id)).collect())
+        NodeSet(
+            self.0
+                .iter()
+                .copied()
+                .filter(|id| other.contains(*id))
+                .collect(),
+        )
     }
 
     pub fn is_subset(&self, other: &NodeSet) -> bool {
@@ -211,8 +223,14 @@ mod tests {
 
     #[test]
     fn ring_ids_order_by_seq_first() {
-        let a = RingId { rep: NodeId(9), seq: 4 };
-        let b = RingId { rep: NodeId(1), seq: 8 };
+        let a = RingId {
+            rep: NodeId(9),
+            seq: 4,
+        };
+        let b = RingId {
+            rep: NodeId(1),
+            seq: 8,
+        };
         assert!(a < b);
     }
 }

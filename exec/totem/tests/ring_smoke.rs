@@ -45,7 +45,9 @@ impl Net {
 
     fn drain(&mut self, id: u32) {
         let ids: Vec<u32> = self.nodes.keys().copied().collect();
-        let Some(srp) = self.nodes.get_mut(&id) else { return };
+        let Some(srp) = self.nodes.get_mut(&id) else {
+            return;
+        };
         while let Some(t) = srp.poll_transmit() {
             let at = self.now.plus_micros(DELAY_US);
             match t.dest {
@@ -107,7 +109,10 @@ impl Net {
     }
 
     fn one_ring(&self) -> bool {
-        let mut rings = self.nodes.values().map(|s| (s.state(), s.ring_id(), s.members().len()));
+        let mut rings = self
+            .nodes
+            .values()
+            .map(|s| (s.state(), s.ring_id(), s.members().len()));
         let first = rings.next().unwrap();
         first.0 == MembState::Operational
             && first.2 == self.nodes.len()
@@ -137,7 +142,10 @@ fn crash_of_one_of_three_leaves_a_ring_of_two() {
     assert!(net.run_until(5_000, |n| n.one_ring()));
     net.nodes.remove(&3);
     net.in_flight.retain(|p| p.1 != 3);
-    assert!(net.run_until(10_000, |n| n.one_ring()), "survivors did not reform");
+    assert!(
+        net.run_until(10_000, |n| n.one_ring()),
+        "survivors did not reform"
+    );
     let last = net.regular[&1].last().unwrap();
     assert_eq!(last.members.len(), 2);
 }
@@ -146,7 +154,11 @@ fn crash_of_one_of_three_leaves_a_ring_of_two() {
 fn a_single_node_delivers_its_own_messages() {
     let mut net = Net::new(1);
     assert!(net.run_until(1_000, |n| n.one_ring()));
-    net.nodes.get_mut(&1).unwrap().mcast(Bytes::from_static(b"hello")).unwrap();
+    net.nodes
+        .get_mut(&1)
+        .unwrap()
+        .mcast(Bytes::from_static(b"hello"))
+        .unwrap();
     net.drain(1);
     assert!(net.run_until(1_000, |n| n.delivered.get(&1).is_some_and(|d| d.len() == 1)));
 }

@@ -124,7 +124,11 @@ fn run(size: usize, seconds: f64) {
         b.drain(i);
     }
     let mut guard = 0u64;
-    while !b.nodes.iter().all(|n| n.state() == MembState::Operational && n.members().len() == NODES as usize) {
+    while !b
+        .nodes
+        .iter()
+        .all(|n| n.state() == MembState::Operational && n.members().len() == NODES as usize)
+    {
         b.step();
         guard += 1;
         assert!(guard < 10_000_000, "ring did not form");

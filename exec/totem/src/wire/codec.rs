@@ -149,7 +149,11 @@ pub(super) fn encode_mcast_with(
         return None;
     }
     let payload_len = out.len() - start;
-    debug_assert!(out.len() <= MAX_FRAME_LEN, "mcast frame of {} bytes", out.len());
+    debug_assert!(
+        out.len() <= MAX_FRAME_LEN,
+        "mcast frame of {} bytes",
+        out.len()
+    );
     let len = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
     out[len_at..start].copy_from_slice(&len);
     Some((out.freeze(), payload_len))
