@@ -1,0 +1,18 @@
+//! The library ⇄ executive contract.
+//!
+//! Everything a client library and the executive must agree on lives here and only here:
+//! SA Forum error codes and versions ([`SaError`], [`SaVersion`]), names ([`SaName`]),
+//! service and message identifiers, the IPC frame layout ([`ipc`]) and each service's
+//! requests, responses and callbacks ([`cpg`], ...). Every message type implements
+//! [`Encode`] and [`Decode`]; decoding is total (any bytes give `Ok` or `Err`) and checks
+//! every length against a constant bound before allocating.
+
+pub mod codec;
+pub mod cpg;
+mod error;
+pub mod ipc;
+mod types;
+
+pub use codec::{Decode, DecodeError, Encode};
+pub use error::SaError;
+pub use types::{MsgId, SaName, SaVersion, ServiceId, SA_MAX_NAME_LENGTH};
