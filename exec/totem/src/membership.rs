@@ -171,15 +171,16 @@ impl Srp {
         self.check_consensus();
     }
 
+    /// Whether `n`'s latest join holds exactly our view.
+    fn agrees_with_us(&self, n: NodeId) -> bool {
+        self.joins
+            .get(&n)
+            .is_some_and(|(p, f)| *p == self.proc_set && *f == self.fail_set)
+    }
+
     fn consensus_agreed(&self) -> bool {
         let mut active = self.proc_set.iter().filter(|n| !self.fail_set.contains(*n));
-        active.all(|n| {
-            n == self.me
-                || self
-                    .joins
-                    .get(&n)
-                    .is_some_and(|(p, f)| *p == self.proc_set && *f == self.fail_set)
-        })
+        active.all(|n| n == self.me || self.agrees_with_us(n))
     }
 
     /// Gather: once every member we want agrees, the representative forms the ring.
@@ -217,15 +218,16 @@ impl Srp {
             // representative that died is noticed at the next timeout.
             self.joins.clear();
         } else {
-            let active = self.proc_set.difference(&self.fail_set);
-            for n in active.iter() {
-                let agrees = self
-                    .joins
-                    .get(&n)
-                    .is_some_and(|(p, f)| *p == self.proc_set && *f == self.fail_set);
-                if n != self.me && !agrees {
-                    self.fail_set.insert(n);
-                }
+            // Judge every member against the view we held when the timer fired, then fail
+            // the dissenters: failing one first would make everyone after it dissent.
+            let dissenters: Vec<NodeId> = self
+                .proc_set
+                .difference(&self.fail_set)
+                .iter()
+                .filter(|&n| n != self.me && !self.agrees_with_us(n))
+                .collect();
+            for n in dissenters {
+                self.fail_set.insert(n);
             }
         }
         self.gather_enter("consensus timeout");

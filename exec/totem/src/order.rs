@@ -306,8 +306,10 @@ impl Srp {
     /// Passes on a token held on an idle ring.
     pub(crate) fn release_held_token(&mut self) {
         self.cancel_timer(Timer::Hold);
+        // The idle count survives the hold: while the ring stays idle, the token is held
+        // at every visit of the representative rather than spun for another
+        // seqno_unchanged_const rotations first.
         if let Some(tok) = self.held_token.take() {
-            self.idle_visits = 0;
             self.forward_token(tok);
         }
     }
@@ -316,7 +318,9 @@ impl Srp {
     pub(crate) fn wake_idle_ring(&mut self) {
         if self.held_token.is_some() {
             self.release_held_token();
-        } else if self.idle_visits > self.p.seqno_unchanged_const && !self.hold_cancel_sent {
+        } else if self.idle_visits >= self.p.seqno_unchanged_const && !self.hold_cancel_sent {
+            // `>=`: we see the token one visit after the representative, whose count
+            // reaches the holding point (`>`) at the same rotation ours reaches this one.
             self.hold_cancel_sent = true;
             let f = Frame::TokenHoldCancel(TokenHoldCancel {
                 sender: self.me,
@@ -327,8 +331,14 @@ impl Srp {
     }
 
     pub(crate) fn on_token_hold_cancel(&mut self, ring_id: crate::RingId) {
-        if self.state == MembState::Operational && ring_id == self.ring_id {
+        if self.state != MembState::Operational || ring_id != self.ring_id {
+            return;
+        }
+        if self.held_token.is_some() {
             self.release_held_token();
+        } else {
+            // The cancel overtook the token: do not hold it when it arrives.
+            self.idle_visits = 0;
         }
     }
 
