@@ -1,0 +1,797 @@
+//! One connection to the local executive, for one service: the unix stream socket, the
+//! connect handshake, blocking requests, and the queue of callbacks (DESIGN.md §1, §7).
+//!
+//! One socket carries both the responses to this connection's requests and its
+//! asynchronous callbacks, in the order the executive sent them. A request therefore
+//! reads until its own response arrives and queues every callback it reads on the way;
+//! dispatch takes callbacks from that queue first and reads the socket only when the
+//! queue is empty.
+//!
+//! Threads share a connection freely. Requests are serialized (one outstanding request
+//! per connection, so a response is matched by its id alone). At most one thread reads
+//! the socket at a time (it holds the *read turn*); it routes each frame it reads (the
+//! response into the response slot, callbacks onto the queue) and wakes the others. So
+//! a request made while another thread sits in a blocking dispatch gets its response
+//! through that thread's read, and a blocking dispatch wakes on callbacks a request read.
+//!
+//! Errors, as a caller sees them:
+//! - socket missing or connection refused at connect: `TryAgain` (the executive is not
+//!   running, or not yet: try again later, as corosync's libraries answer);
+//!   permission denied: `Access`; a path too long for a socket address: `InvalidParam`;
+//! - a frame larger than [`MAX_FRAME_LEN`], shorter than its header, a response nobody
+//!   asked for, or an undecodable handshake reply: `MessageError`; the stream is out of
+//!   step, so the connection is shut down and every later call returns `MessageError`;
+//! - the executive closed the connection (or any other socket error): `Library`, for this
+//!   and every later call: the connection cannot be used any more (SA Forum's meaning of
+//!   `SA_AIS_ERR_LIBRARY`); finalize and initialize again;
+//! - after [`Connection::close`]: `BadHandle`.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use ais_proto::ipc::{
+    self, Connect, ConnectReply, ResponseFrame, CALLBACK_FLAG, CONNECT_ID, MAX_FRAME_LEN,
+    REQUEST_HEADER_LEN,
+};
+use ais_proto::{Decode, Encode, SaError, SaVersion, ServiceId};
+use bytes::{BufMut, Bytes, BytesMut};
+use log::warn;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+/// The environment variable that names the executive's socket, overriding the default.
+pub const SOCKET_ENV: &str = "AIS_SOCKET";
+/// The socket's file name inside the runtime directory.
+pub const SOCKET_NAME: &str = "aisexec.sock";
+
+/// How much one read asks the kernel for.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The executive's socket: `$AIS_SOCKET` when set and not empty, else
+/// [`default_socket_path`].
+pub fn socket_path() -> PathBuf {
+    resolve_socket_path(
+        std::env::var_os(SOCKET_ENV),
+        current_uid(),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+    )
+}
+
+/// Where the executive listens by default (DESIGN.md §5): `/run/aisexec/aisexec.sock`
+/// for root; otherwise `$XDG_RUNTIME_DIR/aisexec/aisexec.sock` when that is set, else
+/// `/tmp/aisexec-$UID/aisexec.sock`. The uid is the real uid, read from
+/// `/proc/self/status`.
+pub fn default_socket_path() -> PathBuf {
+    resolve_socket_path(None, current_uid(), std::env::var_os("XDG_RUNTIME_DIR"))
+}
+
+fn resolve_socket_path(
+    explicit: Option<OsString>,
+    uid: Option<u32>,
+    xdg_runtime_dir: Option<OsString>,
+) -> PathBuf {
+    if let Some(path) = explicit.filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let dir = match (uid, xdg_runtime_dir.filter(|d| !d.is_empty())) {
+        (Some(0), _) => PathBuf::from("/run/aisexec"),
+        (_, Some(xdg)) => Path::new(&xdg).join("aisexec"),
+        (Some(uid), None) => PathBuf::from(format!("/tmp/aisexec-{uid}")),
+        // No /proc: we cannot know the uid; a name no executive uses, so that connect
+        // fails (TryAgain) instead of reaching another user's executive.
+        (None, None) => PathBuf::from("/tmp/aisexec-unknown"),
+    };
+    dir.join(SOCKET_NAME)
+}
+
+/// The real uid of this process, from `/proc/self/status` (no libc here).
+fn current_uid() -> Option<u32> {
+    parse_status_uid(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The first (real) uid of the `Uid:` line of a `/proc/<pid>/status` text.
+fn parse_status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn connect_error(e: &io::Error) -> SaError {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SaError::TryAgain,
+        io::ErrorKind::PermissionDenied => SaError::Access,
+        io::ErrorKind::InvalidInput => SaError::InvalidParam,
+        _ => SaError::Library,
+    }
+}
+
+/// A connection to the executive bound to one service. `Send + Sync`: share it by
+/// reference or `Arc`.
+pub struct Connection {
+    stream: UnixStream,
+    service: ServiceId,
+    version: SaVersion,
+    /// Serializes requests: one outstanding request per connection.
+    request_lock: Mutex<()>,
+    /// Held while writing a frame, and while a poll read has the socket non-blocking
+    /// (the flag is shared by reads and writes), so writes always block.
+    write_lock: Mutex<()>,
+    state: Mutex<State>,
+    /// Signalled when the reader has routed frames, gave up its read turn, or the
+    /// connection died or was closed.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// A thread holds the read turn (and `rbuf`, taken out while it reads).
+    reading: bool,
+    /// Bytes read but not yet a whole frame.
+    rbuf: BytesMut,
+    /// Callbacks read and not yet dispatched, oldest first.
+    callbacks: VecDeque<ResponseFrame>,
+    /// The id of the outstanding request, if any, and its response once read.
+    awaiting: Option<u32>,
+    response: Option<ResponseFrame>,
+    /// Why the connection cannot be used any more.
+    broken: Option<SaError>,
+    /// [`Connection::close`] was called.
+    closed: bool,
+}
+
+impl State {
+    fn dead(&self) -> Option<SaError> {
+        if self.closed {
+            Some(SaError::BadHandle)
+        } else {
+            self.broken
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Wait for data.
+    Block,
+    /// Take what is there now.
+    Poll,
+}
+
+#[derive(PartialEq, Eq)]
+enum ReadOutcome {
+    /// Bytes were read (and routed), or the connection died.
+    Progress,
+    /// Nothing to read right now (poll mode only), or interrupted.
+    Idle,
+}
+
+impl Connection {
+    /// Connects to the executive at [`socket_path`] for `service`. `version` is the
+    /// version asked for; on return (`Ok` or `Err(Version)`) it holds the version the
+    /// executive implements, as `saXxxInitialize` does.
+    pub fn connect(service: ServiceId, version: &mut SaVersion) -> Result<Connection, SaError> {
+        Connection::connect_at(socket_path(), service, version)
+    }
+
+    /// [`Connection::connect`] to the socket at `path`.
+    pub fn connect_at(
+        path: impl AsRef<Path>,
+        service: ServiceId,
+        version: &mut SaVersion,
+    ) -> Result<Connection, SaError> {
+        let stream = UnixStream::connect(path.as_ref()).map_err(|e| connect_error(&e))?;
+        Connection::handshake(stream, service, version)
+    }
+
+    /// Binds an already connected stream to `service`: sends the `CONNECT_ID` request
+    /// and reads its reply (whose header error is `Ok` or the reason for refusal, and
+    /// whose body is a [`ConnectReply`] naming the executive's version).
+    pub(crate) fn handshake(
+        stream: UnixStream,
+        service: ServiceId,
+        version: &mut SaVersion,
+    ) -> Result<Connection, SaError> {
+        let mut out = BytesMut::new();
+        ipc::put_request(
+            &mut out,
+            CONNECT_ID,
+            &Connect {
+                service,
+                version: *version,
+            }
+            .to_bytes(),
+        );
+        (&stream).write_all(&out).map_err(|_| SaError::Library)?;
+
+        let mut rbuf = BytesMut::new();
+        let reply = loop {
+            match ipc::take_response(&mut rbuf) {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(target: "libais", "handshake with the executive: {e}");
+                    return Err(SaError::MessageError);
+                }
+            }
+            let start = rbuf.len();
+            rbuf.resize(start + READ_CHUNK, 0);
+            let n = loop {
+                match (&stream).read(&mut rbuf[start..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // The executive hung up before answering (for instance because our
+                    // credentials are not allowed): retrying will not help.
+                    Ok(0) | Err(_) => return Err(SaError::Library),
+                    Ok(n) => break n,
+                }
+            };
+            rbuf.truncate(start + n);
+        };
+        if reply.id != CONNECT_ID {
+            warn!(target: "libais", "handshake answered with frame id {:#x}", reply.id);
+            return Err(SaError::MessageError);
+        }
+        let error = reply.sa_error();
+        let accepted = match ConnectReply::decode_exact(reply.body) {
+            Ok(r) => r.version,
+            Err(e) if error == SaError::Ok => {
+                warn!(target: "libais", "handshake reply: {e}");
+                return Err(SaError::MessageError);
+            }
+            // A refusal without a version: report the refusal.
+            Err(_) => return Err(error),
+        };
+        *version = accepted;
+        error.into_result()?;
+        let conn = Connection {
+            stream,
+            service,
+            version: accepted,
+            request_lock: Mutex::new(()),
+            write_lock: Mutex::new(()),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        };
+        // Callbacks sent right behind the reply may have come in the same read: queue
+        // them now, or they would wait in the buffer with the socket not readable.
+        {
+            let mut st = conn.state.lock();
+            conn.route(&mut st, &mut rbuf);
+            if let Some(e) = st.broken {
+                return Err(e);
+            }
+            st.rbuf = rbuf;
+        }
+        Ok(conn)
+    }
+
+    /// The service this connection is bound to.
+    pub fn service(&self) -> ServiceId {
+        self.service
+    }
+
+    /// The version the executive implements for this service.
+    pub fn version(&self) -> SaVersion {
+        self.version
+    }
+
+    /// Sends request `id` with `body` and waits for its response: `Ok(body)` when the
+    /// response's error is `Ok`, else that error. Callbacks read meanwhile are queued for
+    /// dispatch. `TooBig` if the frame would exceed [`MAX_FRAME_LEN`]; `InvalidParam` for
+    /// an id that is [`CONNECT_ID`] or has [`CALLBACK_FLAG`].
+    pub fn request(&self, id: u32, body: &[u8]) -> Result<Bytes, SaError> {
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + body.len());
+        ipc::put_request(&mut frame, id, body);
+        Self::response_body(self.exchange(id, frame)?)
+    }
+
+    /// [`Connection::request`] with a message encoded straight into the frame.
+    pub fn request_msg<M: Encode + ?Sized>(&self, id: u32, msg: &M) -> Result<Bytes, SaError> {
+        let mut frame = BytesMut::new();
+        frame.put_u32(0);
+        frame.put_u32(id);
+        msg.encode(&mut frame);
+        // The size field counts the whole frame (ipc.rs); an oversized one is caught
+        // by `exchange` before this truncation could matter.
+        let size = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        Self::response_body(self.exchange(id, frame)?)
+    }
+
+    /// Sends a whole request frame and returns its response frame as received, whatever
+    /// its error: for services whose error responses carry a body.
+    pub fn request_frame(&self, id: u32, body: &[u8]) -> Result<ResponseFrame, SaError> {
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + body.len());
+        ipc::put_request(&mut frame, id, body);
+        self.exchange(id, frame)
+    }
+
+    fn response_body(response: ResponseFrame) -> Result<Bytes, SaError> {
+        response.sa_error().into_result()?;
+        Ok(response.body)
+    }
+
+    fn exchange(&self, id: u32, frame: BytesMut) -> Result<ResponseFrame, SaError> {
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(SaError::TooBig);
+        }
+        if id == CONNECT_ID || id & CALLBACK_FLAG != 0 {
+            return Err(SaError::InvalidParam);
+        }
+        let _one_at_a_time = self.request_lock.lock();
+        {
+            let mut st = self.state.lock();
+            if let Some(e) = st.dead() {
+                return Err(e);
+            }
+            st.awaiting = Some(id);
+            st.response = None;
+        }
+        let written = {
+            let _w = self.write_lock.lock();
+            (&self.stream).write_all(&frame)
+        };
+        let mut st = self.state.lock();
+        if let Err(e) = written {
+            st.awaiting = None;
+            return Err(self.fail(&mut st, SaError::Library, &e));
+        }
+        loop {
+            if let Some(response) = st.response.take() {
+                st.awaiting = None;
+                return Ok(response);
+            }
+            if let Some(e) = st.dead() {
+                st.awaiting = None;
+                return Err(e);
+            }
+            if st.reading {
+                self.changed.wait(&mut st);
+            } else {
+                self.read_turn(&mut st, ReadMode::Block);
+            }
+        }
+    }
+
+    /// Whether a callback is ready to be taken with [`Connection::take_callback`].
+    /// With `wait`, blocks until one is (or the connection dies or is closed); without,
+    /// reads only what the socket holds now. `BadHandle` once closed (even with
+    /// callbacks queued: they are dropped); after the connection broke, the callbacks
+    /// read before it are still returned, then its error.
+    pub fn poll_callbacks(&self, wait: bool) -> Result<bool, SaError> {
+        let mut st = self.state.lock();
+        loop {
+            if st.closed {
+                return Err(SaError::BadHandle);
+            }
+            if !st.callbacks.is_empty() {
+                return Ok(true);
+            }
+            if let Some(e) = st.broken {
+                return Err(e);
+            }
+            if st.reading {
+                if !wait {
+                    return Ok(false);
+                }
+                self.changed.wait(&mut st);
+            } else {
+                let mode = if wait {
+                    ReadMode::Block
+                } else {
+                    ReadMode::Poll
+                };
+                if self.read_turn(&mut st, mode) == ReadOutcome::Idle && !wait {
+                    return Ok(!st.callbacks.is_empty());
+                }
+            }
+        }
+    }
+
+    /// The oldest queued callback, without reading the socket.
+    pub fn take_callback(&self) -> Option<ResponseFrame> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        st.callbacks.pop_front()
+    }
+
+    /// Whether callbacks have been read from the socket and wait in the library's queue.
+    /// The socket is not readable for those: an application that polls the fd calls
+    /// dispatch after its requests, or checks this before polling.
+    pub fn callbacks_pending(&self) -> bool {
+        !self.state.lock().callbacks.is_empty()
+    }
+
+    /// Closes the connection from this side: later calls return `BadHandle`, queued
+    /// callbacks are dropped, and threads blocked in a request or a blocking poll wake
+    /// up (the socket is shut down, so a blocked read returns). The executive sees the
+    /// connection go away. The descriptor itself is closed when the connection is
+    /// dropped.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        st.callbacks.clear();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.changed.notify_all();
+    }
+
+    /// Takes the read turn (the caller saw `!st.reading`), reads once with the state
+    /// unlocked, routes the frames read, and gives the turn back.
+    fn read_turn(&self, st: &mut MutexGuard<'_, State>, mode: ReadMode) -> ReadOutcome {
+        debug_assert!(!st.reading);
+        st.reading = true;
+        let mut buf = std::mem::take(&mut st.rbuf);
+        let result = MutexGuard::unlocked(st, || self.read_some(&mut buf, mode));
+        st.reading = false;
+        let outcome = match result {
+            Ok(0) => {
+                if !st.closed {
+                    warn!(target: "libais", "the executive closed the {} connection", self.service);
+                }
+                st.broken.get_or_insert(SaError::Library);
+                ReadOutcome::Progress
+            }
+            Ok(_) => {
+                self.route(st, &mut buf);
+                ReadOutcome::Progress
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                ReadOutcome::Idle
+            }
+            Err(e) => {
+                self.fail(st, SaError::Library, &e);
+                ReadOutcome::Progress
+            }
+        };
+        if st.broken.is_none() {
+            st.rbuf = buf;
+        }
+        self.changed.notify_all();
+        outcome
+    }
+
+    fn read_some(&self, buf: &mut BytesMut, mode: ReadMode) -> io::Result<usize> {
+        let _nonblocking_window = match mode {
+            ReadMode::Block => None,
+            // A writer (a request) holds the lock: it reads after writing, so skipping
+            // this poll loses nothing, and a poll never waits behind a long write.
+            ReadMode::Poll => match self.write_lock.try_lock() {
+                Some(w) => Some(w),
+                None => return Err(io::ErrorKind::WouldBlock.into()),
+            },
+        };
+        if mode == ReadMode::Poll {
+            self.stream.set_nonblocking(true)?;
+        }
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK, 0);
+        let result = (&self.stream).read(&mut buf[start..]);
+        buf.truncate(start + *result.as_ref().unwrap_or(&0));
+        if mode == ReadMode::Poll {
+            self.stream.set_nonblocking(false)?;
+        }
+        result
+    }
+
+    /// Moves every whole frame out of `buf`: the awaited response into its slot,
+    /// callbacks onto the queue. Anything else means the stream is out of step.
+    fn route(&self, st: &mut State, buf: &mut BytesMut) {
+        loop {
+            match ipc::take_response(buf) {
+                Ok(None) => return,
+                Ok(Some(frame)) if frame.is_callback() => st.callbacks.push_back(frame),
+                Ok(Some(frame)) => {
+                    if st.awaiting == Some(frame.id) && st.response.is_none() {
+                        st.response = Some(frame);
+                    } else {
+                        let e = io::Error::other(format!(
+                            "response {:#x} to no outstanding request",
+                            frame.id
+                        ));
+                        self.fail(st, SaError::MessageError, &e);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(st, SaError::MessageError, &io::Error::other(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Marks the connection unusable with `error` (the first error sticks) and shuts
+    /// the socket so the executive sees us go; returns what callers get from now on.
+    fn fail(&self, st: &mut State, error: SaError, cause: &io::Error) -> SaError {
+        if st.broken.is_none() && !st.closed {
+            warn!(target: "libais", "{} connection lost ({error}): {cause}", self.service);
+        }
+        st.broken.get_or_insert(error);
+        st.rbuf.clear();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.changed.notify_all();
+        st.dead().unwrap_or(error)
+    }
+}
+
+impl AsRawFd for Connection {
+    /// The socket: readable when a callback (or a response) may be waiting in it.
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("service", &self.service)
+            .field("version", &self.version)
+            .field("fd", &self.stream.as_raw_fd())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    /// Joins `t`, failing the test if it has not finished within ten seconds.
+    fn join_within<T>(t: JoinHandle<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "thread did not finish in time");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.join().unwrap()
+    }
+
+    #[test]
+    fn socket_path_follows_the_runtime_directory_rule() {
+        let p = |explicit: Option<&str>, uid: Option<u32>, xdg: Option<&str>| {
+            resolve_socket_path(explicit.map(Into::into), uid, xdg.map(Into::into))
+        };
+        assert_eq!(
+            p(Some("/x/y.sock"), Some(0), Some("/run/user/5")),
+            PathBuf::from("/x/y.sock")
+        );
+        assert_eq!(
+            p(Some(""), Some(0), None),
+            PathBuf::from("/run/aisexec/aisexec.sock")
+        );
+        assert_eq!(
+            p(None, Some(0), Some("/run/user/0")),
+            PathBuf::from("/run/aisexec/aisexec.sock")
+        );
+        assert_eq!(
+            p(None, Some(1000), Some("/run/user/1000")),
+            PathBuf::from("/run/user/1000/aisexec/aisexec.sock")
+        );
+        assert_eq!(
+            p(None, Some(1000), Some("")),
+            PathBuf::from("/tmp/aisexec-1000/aisexec.sock")
+        );
+        assert_eq!(
+            p(None, Some(1000), None),
+            PathBuf::from("/tmp/aisexec-1000/aisexec.sock")
+        );
+    }
+
+    #[test]
+    fn the_real_uid_is_read_from_proc_status() {
+        let status = "Name:\tx\nUmask:\t0022\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(parse_status_uid(status), Some(1000));
+        assert_eq!(parse_status_uid("Name: x\n"), None);
+        assert_eq!(parse_status_uid("Uid:\tabc\n"), None);
+        assert!(
+            current_uid().is_some(),
+            "this process has a /proc/self/status"
+        );
+    }
+
+    #[test]
+    fn connect_errors_map_to_sa_errors() {
+        let e = |k: io::ErrorKind| connect_error(&io::Error::from(k));
+        assert_eq!(e(io::ErrorKind::NotFound), SaError::TryAgain);
+        assert_eq!(e(io::ErrorKind::ConnectionRefused), SaError::TryAgain);
+        assert_eq!(e(io::ErrorKind::PermissionDenied), SaError::Access);
+        assert_eq!(e(io::ErrorKind::InvalidInput), SaError::InvalidParam);
+        assert_eq!(e(io::ErrorKind::Other), SaError::Library);
+    }
+
+    /// The executive's end of a socket pair, driven by hand.
+    struct Peer {
+        stream: UnixStream,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        fn request(&mut self) -> (u32, Bytes) {
+            loop {
+                if let Some(r) = ipc::take_request(&mut self.buf).unwrap() {
+                    return r;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "client hung up");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        fn send(&mut self, id: u32, error: SaError, body: &[u8]) {
+            let mut out = BytesMut::new();
+            ipc::put_response(&mut out, id, error, body);
+            self.stream.write_all(&out).unwrap();
+        }
+    }
+
+    fn pair() -> (Connection, Peer) {
+        let (client, server) = UnixStream::pair().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut peer = Peer {
+            stream: server,
+            buf: BytesMut::new(),
+        };
+        let t = std::thread::spawn(move || {
+            let mut v = SaVersion::B_01_01;
+            Connection::handshake(client, ServiceId::CPG, &mut v)
+        });
+        let (id, body) = peer.request();
+        assert_eq!(id, CONNECT_ID);
+        let c = Connect::decode_exact(body).unwrap();
+        assert_eq!(c.service, ServiceId::CPG);
+        let reply = ConnectReply {
+            version: SaVersion::B_01_01,
+        };
+        peer.send(CONNECT_ID, SaError::Ok, &reply.to_bytes());
+        (join_within(t).unwrap(), peer)
+    }
+
+    #[test]
+    fn frames_split_across_reads_are_reassembled_in_order() {
+        let (conn, mut peer) = pair();
+        let t = std::thread::spawn(move || {
+            let r = conn.request(5, b"ping");
+            (conn, r)
+        });
+        assert_eq!(peer.request(), (5, Bytes::from_static(b"ping")));
+        let mut out = BytesMut::new();
+        ipc::put_response(&mut out, 1 | CALLBACK_FLAG, SaError::Ok, b"first");
+        ipc::put_response(&mut out, 2 | CALLBACK_FLAG, SaError::Ok, b"second");
+        ipc::put_response(&mut out, 5, SaError::Ok, b"pong");
+        for piece in out.chunks(3) {
+            peer.stream.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let (conn, r) = join_within(t);
+        assert_eq!(r, Ok(Bytes::from_static(b"pong")));
+        assert!(conn.callbacks_pending());
+        assert_eq!(conn.poll_callbacks(false), Ok(true));
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"first");
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"second");
+        assert_eq!(conn.take_callback(), None);
+        assert_eq!(conn.poll_callbacks(false), Ok(false));
+    }
+
+    #[test]
+    fn an_error_response_is_returned_as_the_error() {
+        let (conn, mut peer) = pair();
+        let t = std::thread::spawn(move || conn.request(2, b""));
+        peer.request();
+        peer.send(2, SaError::TryAgain, b"");
+        assert_eq!(join_within(t), Err(SaError::TryAgain));
+    }
+
+    #[test]
+    fn a_response_nobody_asked_for_breaks_the_connection() {
+        let (conn, mut peer) = pair();
+        peer.send(9, SaError::Ok, b"");
+        let t = std::thread::spawn(move || (conn.poll_callbacks(true), conn.request(1, b"")));
+        let (poll, req) = join_within(t);
+        assert_eq!(poll, Err(SaError::MessageError));
+        assert_eq!(req, Err(SaError::MessageError));
+    }
+
+    #[test]
+    fn bad_request_ids_and_oversized_requests_are_refused_locally() {
+        let (conn, _peer) = pair();
+        assert_eq!(conn.request(CONNECT_ID, b""), Err(SaError::InvalidParam));
+        assert_eq!(
+            conn.request(CALLBACK_FLAG | 1, b""),
+            Err(SaError::InvalidParam)
+        );
+        let big = vec![0u8; MAX_FRAME_LEN];
+        assert_eq!(conn.request(1, &big), Err(SaError::TooBig));
+    }
+
+    #[test]
+    fn callbacks_read_before_a_hang_up_are_still_delivered() {
+        let (conn, mut peer) = pair();
+        peer.send(CALLBACK_FLAG, SaError::Ok, b"last words");
+        drop(peer);
+        assert_eq!(conn.poll_callbacks(true), Ok(true));
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"last words");
+        assert_eq!(conn.poll_callbacks(true), Err(SaError::Library));
+        assert_eq!(conn.request(1, b""), Err(SaError::Library));
+    }
+
+    #[test]
+    fn close_drops_queued_callbacks_and_gives_bad_handle() {
+        let (conn, mut peer) = pair();
+        peer.send(CALLBACK_FLAG, SaError::Ok, b"x");
+        assert_eq!(conn.poll_callbacks(true), Ok(true));
+        conn.close();
+        assert!(!conn.callbacks_pending());
+        assert_eq!(conn.take_callback(), None);
+        assert_eq!(conn.poll_callbacks(true), Err(SaError::BadHandle));
+        assert_eq!(conn.request(1, b""), Err(SaError::BadHandle));
+    }
+
+    #[test]
+    fn a_callback_in_the_same_read_as_the_handshake_reply_is_queued() {
+        let (client, server) = UnixStream::pair().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut peer = Peer {
+            stream: server,
+            buf: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        let reply = ConnectReply {
+            version: SaVersion::B_01_01,
+        };
+        ipc::put_response(&mut out, CONNECT_ID, SaError::Ok, &reply.to_bytes());
+        ipc::put_response(&mut out, CALLBACK_FLAG, SaError::Ok, b"early");
+        // Written before the client even asks, so that one read takes both frames.
+        peer.stream.write_all(&out).unwrap();
+        let mut v = SaVersion::B_01_01;
+        let conn = Connection::handshake(client, ServiceId::CPG, &mut v).unwrap();
+        assert_eq!(peer.request().0, CONNECT_ID);
+        assert!(conn.callbacks_pending());
+        assert_eq!(conn.poll_callbacks(false), Ok(true));
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"early");
+    }
+
+    #[test]
+    fn version_refusal_reports_the_supported_version() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let mut peer = Peer {
+            stream: server,
+            buf: BytesMut::new(),
+        };
+        let t = std::thread::spawn(move || {
+            let mut v = SaVersion {
+                release_code: b'A',
+                major: 1,
+                minor: 1,
+            };
+            let r = Connection::handshake(client, ServiceId::CPG, &mut v);
+            (r.map(|_| ()), v)
+        });
+        let (_, body) = peer.request();
+        let asked = Connect::decode_exact(body).unwrap();
+        let (err, supported) = SaVersion::negotiate(asked.version, SaVersion::B_01_01);
+        peer.send(
+            CONNECT_ID,
+            err,
+            &ConnectReply { version: supported }.to_bytes(),
+        );
+        assert_eq!(join_within(t), (Err(SaError::Version), SaVersion::B_01_01));
+    }
+}
