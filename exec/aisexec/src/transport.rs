@@ -1,0 +1,233 @@
+//! UDP transport for Totem frames: multicast to a group (`transport: udp`) or unicast to
+//! every configured member (`transport: udpu`), plus unicast to one node for the token.
+//!
+//! Node ids are learned from the frames each node builds itself (joins, tokens, commit
+//! tokens, merge detects): an mcast frame may be a retransmission by another node, so its
+//! sender field says nothing of where it came from. For `udpu` members whose node id is
+//! their IPv4 address (corosync's default), the address is known before hearing from them.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use bytes::Bytes;
+use log::{debug, trace};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::crypto::FrameCrypto;
+use totem::wire::{peek_sender, FrameKind, MAGIC};
+use totem::{Dest, NodeId};
+
+/// How frames reach the other nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One datagram to the group reaches everyone.
+    Multicast { group: IpAddr, ttl: u8 },
+    /// One datagram per member (ourselves excluded).
+    Unicast { members: Vec<IpAddr> },
+}
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub nodeid: NodeId,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub mode: Mode,
+    /// Socket buffer size asked of the kernel for each direction.
+    pub buffer_bytes: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TransportStats {
+    pub datagrams_sent: u64,
+    pub send_errors: u64,
+    pub datagrams_received: u64,
+    /// Unicast frames for a node whose address we do not know yet.
+    pub unknown_destination: u64,
+    /// Datagrams that failed authentication (secauth on): dropped.
+    pub bad_auth: u64,
+}
+
+pub struct Transport {
+    socket: mio::net::UdpSocket,
+    cfg: TransportConfig,
+    my_addr: SocketAddr,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where a multicast goes: the group, or every member but us.
+    targets: Vec<SocketAddr>,
+    recv_buf: Vec<u8>,
+    stats: TransportStats,
+    /// Seals and opens every frame when secauth is on.
+    crypto: Option<FrameCrypto>,
+}
+
+impl Transport {
+    pub fn bind(cfg: TransportConfig, crypto: Option<FrameCrypto>) -> io::Result<Transport> {
+        let my_addr = SocketAddr::new(cfg.bind, cfg.port);
+        let domain = Domain::for_address(my_addr);
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_nonblocking(true)?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(cfg.buffer_bytes);
+        let _ = socket.set_send_buffer_size(cfg.buffer_bytes);
+        let mut peers = BTreeMap::new();
+        match &cfg.mode {
+            Mode::Multicast { group, ttl } => {
+                socket.set_reuse_address(true)?;
+                match (group, cfg.bind) {
+                    (IpAddr::V4(g), IpAddr::V4(local)) => {
+                        socket.bind(
+                            &SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), cfg.port).into(),
+                        )?;
+                        socket.join_multicast_v4(g, &local)?;
+                        socket.set_multicast_if_v4(&local)?;
+                        socket.set_multicast_loop_v4(true)?;
+                        socket.set_multicast_ttl_v4(u32::from(*ttl))?;
+                    }
+                    (IpAddr::V6(g), IpAddr::V6(_)) => {
+                        socket.set_only_v6(true)?;
+                        socket.bind(&SocketAddr::new(*group, cfg.port).into())?;
+                        socket.join_multicast_v6(g, 0)?;
+                        socket.set_multicast_loop_v6(true)?;
+                        socket.set_multicast_hops_v6(u32::from(*ttl))?;
+                    }
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "mcastaddr and bindnetaddr are of different address families",
+                        ))
+                    }
+                }
+            }
+            Mode::Unicast { members } => {
+                socket.bind(&my_addr.into())?;
+                for m in members {
+                    if let IpAddr::V4(v4) = m {
+                        peers.insert(NodeId(u32::from(*v4)), SocketAddr::new(*m, cfg.port));
+                    }
+                }
+            }
+        }
+        peers.insert(cfg.nodeid, my_addr);
+        let targets = match &cfg.mode {
+            Mode::Multicast { group, .. } => vec![SocketAddr::new(*group, cfg.port)],
+            Mode::Unicast { members } => members
+                .iter()
+                .map(|m| SocketAddr::new(*m, cfg.port))
+                .filter(|a| *a != my_addr)
+                .collect(),
+        };
+        let std_socket: std::net::UdpSocket = socket.into();
+        Ok(Transport {
+            socket: mio::net::UdpSocket::from_std(std_socket),
+            cfg,
+            my_addr,
+            peers,
+            targets,
+            recv_buf: vec![0; 65_536],
+            stats: TransportStats::default(),
+            crypto,
+        })
+    }
+
+    pub fn socket(&mut self) -> &mut mio::net::UdpSocket {
+        &mut self.socket
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.my_addr
+    }
+
+    /// Sends a frame; errors are counted and logged, never fatal (UDP may drop anyway).
+    pub fn send(&mut self, dest: Dest, data: &[u8]) {
+        let sealed;
+        let data = match self.crypto.as_mut() {
+            Some(c) => {
+                sealed = c.seal(data);
+                &sealed[..]
+            }
+            None => data,
+        };
+        match dest {
+            Dest::Unicast(node) => match self.peers.get(&node).copied() {
+                Some(addr) => self.send_to(data, addr),
+                None => {
+                    self.stats.unknown_destination += 1;
+                    debug!(target: "totem", "no address known for node {node}; frame dropped");
+                }
+            },
+            Dest::Multicast => {
+                for i in 0..self.targets.len() {
+                    let to = self.targets[i];
+                    self.send_to(data, to);
+                }
+            }
+        }
+    }
+
+    fn send_to(&mut self, data: &[u8], to: SocketAddr) {
+        match self.socket.send_to(data, to) {
+            Ok(_) => self.stats.datagrams_sent += 1,
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(target: "totem", "send to {to}: {e}");
+            }
+        }
+    }
+
+    /// One datagram, or `None` when the socket has no more for now.
+    pub fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.socket.recv_from(&mut self.recv_buf) {
+                Ok((n, from)) => {
+                    self.stats.datagrams_received += 1;
+                    let frame = match &self.crypto {
+                        Some(c) => match c.open(&self.recv_buf[..n]) {
+                            Some(f) => f,
+                            None => {
+                                self.stats.bad_auth += 1;
+                                debug!(target: "totem", "dropping a datagram from {from} that fails authentication");
+                                continue;
+                            }
+                        },
+                        None => Bytes::copy_from_slice(&self.recv_buf[..n]),
+                    };
+                    self.learn(&frame, from);
+                    return Ok(Some(frame));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors from an earlier send surface here on Linux; not ours to fail on.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Remembers where a node is, from a frame it built itself.
+    fn learn(&mut self, data: &[u8], from: SocketAddr) {
+        if data.len() < 4 || u16::from_be_bytes([data[0], data[1]]) != MAGIC {
+            return;
+        }
+        let builds_itself = [
+            FrameKind::Token as u8,
+            FrameKind::Join as u8,
+            FrameKind::Commit as u8,
+            FrameKind::MergeDetect as u8,
+            FrameKind::TokenHoldCancel as u8,
+        ];
+        if !builds_itself.contains(&data[3]) {
+            return;
+        }
+        if let Some(node) = peek_sender(data) {
+            if node != self.cfg.nodeid && self.peers.get(&node) != Some(&from) {
+                debug!(target: "totem", "node {node} is at {from}");
+                self.peers.insert(node, from);
+            }
+        }
+    }
+}
