@@ -15,7 +15,7 @@ use log::{debug, trace};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::crypto::FrameCrypto;
-use totem::wire::{peek_sender, FrameKind, MAGIC};
+use totem::wire::{Frame, FrameKind, MAGIC};
 use totem::{Dest, NodeId};
 
 /// How frames reach the other nodes.
@@ -46,6 +46,8 @@ pub struct TransportStats {
     pub unknown_destination: u64,
     /// Datagrams that failed authentication (secauth on): dropped.
     pub bad_auth: u64,
+    /// `udpu` frames from an address outside the member list (not learned from).
+    pub stranger_frames: u64,
 }
 
 pub struct Transport {
@@ -209,7 +211,11 @@ impl Transport {
     }
 
     /// Remembers where a node is, from a frame it built itself.
-    fn learn(&mut self, data: &[u8], from: SocketAddr) {
+    ///
+    /// Only a frame that decodes completely counts, so a stray or forged datagram cannot
+    /// redirect a node's token to a wrong address; with `udpu` the source must also be a
+    /// configured member, which bounds the table by the member list.
+    fn learn(&mut self, data: &Bytes, from: SocketAddr) {
         if data.len() < 4 || u16::from_be_bytes([data[0], data[1]]) != MAGIC {
             return;
         }
@@ -223,11 +229,21 @@ impl Transport {
         if !builds_itself.contains(&data[3]) {
             return;
         }
-        if let Some(node) = peek_sender(data) {
-            if node != self.cfg.nodeid && self.peers.get(&node) != Some(&from) {
-                debug!(target: "totem", "node {node} is at {from}");
-                self.peers.insert(node, from);
+        if let Mode::Unicast { members } = &self.cfg.mode {
+            if !members.contains(&from.ip()) {
+                self.stats.stranger_frames += 1;
+                debug!(target: "totem", "ignoring the address of {from}: not a configured member");
+                return;
             }
+        }
+        let Ok(frame) = Frame::decode(data) else {
+            // Srp counts and drops it; it teaches us nothing.
+            return;
+        };
+        let node = frame.sender();
+        if node != self.cfg.nodeid && self.peers.get(&node) != Some(&from) {
+            debug!(target: "totem", "node {node} is at {from}");
+            self.peers.insert(node, from);
         }
     }
 }

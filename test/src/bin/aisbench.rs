@@ -10,6 +10,7 @@
 //!
 //! The last line is always
 //! `RESULT mode=<tput|lat> size=<B> senders=<n> msgs_per_s=<x> mb_per_s=<x> p50_us=<x> p99_us=<x>`.
+//! Standard error ends with `TRYAGAIN count=<n>`: how many sends flow control refused.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -167,6 +168,7 @@ fn main() -> ExitCode {
     let limit = Duration::from_secs_f64(args.seconds);
     set_counting(true);
     let mut failed = None;
+    let mut try_again: u64 = 0;
     while measure_start.elapsed() < limit && failed.is_none() {
         if args.receive_only {
             std::thread::sleep(Duration::from_millis(10));
@@ -175,13 +177,17 @@ fn main() -> ExitCode {
         match args.mode {
             Mode::Throughput => match send(seq, &mut buf) {
                 Ok(()) => seq += 1,
-                Err(SaError::TryAgain) => std::thread::sleep(Duration::from_micros(50)),
+                Err(SaError::TryAgain) => {
+                    try_again += 1;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
                 Err(e) => failed = Some(e),
             },
             Mode::Latency => {
                 match send(seq, &mut buf) {
                     Ok(()) => {}
                     Err(SaError::TryAgain) => {
+                        try_again += 1;
                         std::thread::sleep(Duration::from_micros(50));
                         continue;
                     }
@@ -209,6 +215,7 @@ fn main() -> ExitCode {
     }
     let elapsed = measure_start.elapsed().as_secs_f64();
     set_counting(false);
+    eprintln!("TRYAGAIN count={try_again}");
     if let Some(e) = failed {
         eprintln!("aisbench: mcast: {e}");
         return ExitCode::FAILURE;
