@@ -14,6 +14,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod net;
+pub mod netns;
 pub mod procs;
 pub mod profile;
 pub mod rng;

@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::netns::Topology;
+
 /// Ports clusters are given, below Linux's ephemeral range (32768 and up) so that no
 /// client socket the kernel numbers takes one.
 const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
@@ -110,6 +112,20 @@ pub struct Options {
     pub debug: bool,
     /// How long [`ProcCluster::start`] waits for the first ring of all nodes.
     pub ring_timeout: Duration,
+    /// Where the nodes run: on loopback addresses (udpu) or in network namespaces
+    /// (multicast).
+    pub placement: Placement,
+}
+
+/// Where a [`ProcCluster`]'s nodes live and how their frames travel.
+#[derive(Clone, Debug, Default)]
+pub enum Placement {
+    /// 127.0.0.1..N in this network namespace, `transport: udpu`.
+    #[default]
+    Loopback,
+    /// Node `i` in namespace `i` of the topology at its address there, `transport: udp`
+    /// (multicast to a group of the topology's own), so links can be cut and made lossy.
+    Namespaces(Arc<Topology>),
 }
 
 impl Options {
@@ -122,7 +138,18 @@ impl Options {
             key_groups: None,
             debug: std::env::var_os("AIS_PROCS_DEBUG").is_some_and(|v| !v.is_empty() && v != "0"),
             ring_timeout: Duration::from_secs(10),
+            placement: Placement::Loopback,
         }
+    }
+
+    /// Runs node `i` in namespace `i` of `topology`, with multicast.
+    pub fn namespaces(mut self, topology: Arc<Topology>) -> Options {
+        assert!(
+            topology.nodes() as usize >= self.nodes,
+            "the topology has fewer hosts than the cluster has nodes"
+        );
+        self.placement = Placement::Namespaces(topology);
+        self
     }
 
     pub fn timing(mut self, timing: Timing) -> Options {
@@ -290,6 +317,8 @@ pub struct ProcCluster {
     timing: Timing,
     debug: bool,
     nodes: Vec<Node>,
+    /// Kept to the end: the namespaces must outlive the daemons in them.
+    placement: Placement,
 }
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
@@ -387,19 +416,29 @@ fn config_text(
         Some(k) => format!("on\n    keyfile: {}", k.display()),
         None => "off".to_string(),
     };
-    let members: String = (1..=opts.nodes)
-        .map(|j| {
-            format!(
-                "\n        member {{\n            memberaddr: {}\n        }}",
-                node_addr(j)
-            )
-        })
-        .collect();
+    let (transport, addr, extra) = match &opts.placement {
+        Placement::Loopback => {
+            let members: String = (1..=opts.nodes)
+                .map(|j| {
+                    format!(
+                        "\n        member {{\n            memberaddr: {}\n        }}",
+                        node_addr(j)
+                    )
+                })
+                .collect();
+            ("udpu", node_addr(i).to_string(), members)
+        }
+        Placement::Namespaces(topo) => (
+            "udp",
+            topo.addr(i as u32),
+            format!("\n        mcastaddr: {}", topo.mcast_group()),
+        ),
+    };
     format!(
         "totem {{
     version: 2
     nodeid: {i}
-    transport: udpu
+    transport: {transport}
     cluster_name: {name}
     token: {token}
     token_coefficient: {coefficient}{consensus}
@@ -408,7 +447,7 @@ fn config_text(
     interface {{
         ringnumber: 0
         bindnetaddr: {addr}
-        mcastport: {port}{members}
+        mcastport: {port}{extra}
     }}
 }}
 logging {{
@@ -423,7 +462,6 @@ aisexec {{
         token = t.token_ms,
         coefficient = t.token_coefficient_ms,
         join = t.join_ms,
-        addr = node_addr(i),
         runtime_dir = runtime_dir.display(),
     )
 }
@@ -450,9 +488,11 @@ impl ProcCluster {
         }
         let aisexec = binary("aisexec");
         let dir = unique_dir(&opts.name).expect("create the cluster's temporary directory");
-        let port = match opts.port {
-            Some(p) => p,
-            None => free_port(opts.nodes).expect("a free UDP port"),
+        let port = match (opts.port, &opts.placement) {
+            (Some(p), _) => p,
+            // Each namespace has its ports to itself.
+            (None, Placement::Namespaces(_)) => 5405,
+            (None, Placement::Loopback) => free_port(opts.nodes).expect("a free UDP port"),
         };
         let mut c = ProcCluster {
             dir: dir.clone(),
@@ -460,6 +500,7 @@ impl ProcCluster {
             timing: opts.timing.clone(),
             debug: opts.debug,
             nodes: Vec::new(),
+            placement: opts.placement.clone(),
         };
         let mut keys: BTreeMap<u32, PathBuf> = BTreeMap::new();
         if let Some(groups) = &opts.key_groups {
@@ -497,7 +538,13 @@ impl ProcCluster {
                 .expect("write a node's configuration");
             c.nodes.push(Node {
                 id: i as u32,
-                addr: node_addr(i),
+                addr: match &opts.placement {
+                    Placement::Loopback => node_addr(i),
+                    Placement::Namespaces(t) => t
+                        .addr(i as u32)
+                        .parse()
+                        .expect("a topology address is an IPv4 address"),
+                },
                 config,
                 runtime_dir,
                 log: PathBuf::new(),
@@ -521,7 +568,17 @@ impl ProcCluster {
             self.dir.join(format!("n{i}.{}.log", n.logs.len()))
         };
         let file = fs::File::create(&log).expect("create a daemon's log file");
-        let mut cmd = Command::new(aisexec);
+        let mut cmd = match &self.placement {
+            Placement::Loopback => Command::new(aisexec),
+            Placement::Namespaces(t) => {
+                // `ip netns exec` enters the namespace and execs the daemon: the child's
+                // pid is the daemon's.
+                let prefix = t.prefix(i as u32);
+                let mut c = Command::new(&prefix[0]);
+                c.args(&prefix[1..]).arg(aisexec);
+                c
+            }
+        };
         cmd.arg("--config").arg(&n.config);
         if debug {
             cmd.arg("--debug");
@@ -774,6 +831,43 @@ impl ProcCluster {
         c.finish(timeout)
     }
 
+    /// Runs cpgverify on every listed node at once; asserts they all delivered the same
+    /// sequence (same hash) of `messages` from each, without error.
+    pub fn cpgverify_everywhere(&self, nodes: &[usize], group: &str, messages: u32) {
+        let (m, k) = (messages.to_string(), nodes.len().to_string());
+        let args = [
+            "--messages",
+            &m,
+            "--group",
+            group,
+            "--expect",
+            &k,
+            "--timeout",
+            "30",
+        ];
+        let outs: Vec<ClientOutput> = std::thread::scope(|s| {
+            let runs: Vec<_> = nodes
+                .iter()
+                .map(|&i| s.spawn(move || self.run(i, "cpgverify", &args, Duration::from_secs(40))))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let results = verify_lines(&outs);
+        for (node, delivered, hash, errors) in &results {
+            eprintln!("  cpgverify node {node}: delivered={delivered} hash={hash} errors={errors}");
+            assert_eq!(*errors, 0, "node {node} counted errors");
+            assert_eq!(
+                *delivered,
+                u64::from(messages) * nodes.len() as u64,
+                "node {node} delivered a different count"
+            );
+            assert_eq!(
+                hash, &results[0].2,
+                "node {node} delivered another sequence"
+            );
+        }
+    }
+
     /// The last `lines` lines of every daemon log (every incarnation), for a failure
     /// message.
     pub fn log_tails(&self, lines: usize) -> String {
@@ -822,6 +916,33 @@ impl Drop for ProcCluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The value of `key=` in a `KEY=VALUE ...` line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Every node's `VERIFY` result: `(node, delivered, hash, errors)`.
+pub fn verify_lines(outs: &[ClientOutput]) -> Vec<(u32, u64, String, u64)> {
+    outs.iter()
+        .map(|o| {
+            assert!(o.success(), "cpgverify failed: {o}");
+            let line = o
+                .stdout
+                .lines()
+                .find(|l| l.starts_with("VERIFY"))
+                .unwrap_or_else(|| panic!("no VERIFY line: {o}"));
+            let num = |k| field(line, k).and_then(|v| v.parse().ok()).unwrap();
+            (
+                num("node") as u32,
+                num("delivered"),
+                field(line, "hash").unwrap().to_string(),
+                num("errors"),
+            )
+        })
+        .collect()
 }
 
 /// VmRSS of process `pid` in KiB.

@@ -12,7 +12,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use ais_proto::ipc::{CONNECT_ID, MAX_FRAME_LEN};
-use ais_test::procs::{node_addr, Client, ClientOutput, Options, ProcCluster, Timing};
+use ais_test::procs::{field, node_addr, Client, Options, ProcCluster, Timing};
 use ais_test::Rng;
 
 /// The flood test keeps both cores of a small machine busy; tests that assert a time
@@ -43,12 +43,6 @@ const LEAVE_BOUND: Duration = Duration::from_secs(1);
 
 /// Largest resident memory an executive may reach while a client floods it.
 const RSS_LIMIT_KIB: u64 = 200 * 1024;
-
-/// The value of `key=` in a `KEY=VALUE ...` line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
 
 /// `node:pid` entries of a testcpg list field.
 fn procs(line: &str, key: &str) -> Vec<String> {
@@ -83,64 +77,6 @@ fn testcpgs(c: &ProcCluster, nodes: &[usize], group: &str) -> Vec<Client> {
     clients
 }
 
-/// Every node's `VERIFY` result: `(node, delivered, hash, errors)`.
-fn verify_lines(outs: &[ClientOutput]) -> Vec<(u32, u64, String, u64)> {
-    outs.iter()
-        .map(|o| {
-            assert!(o.success(), "cpgverify failed: {o}");
-            let line = o
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("VERIFY"))
-                .unwrap_or_else(|| panic!("no VERIFY line: {o}"));
-            let num = |k| field(line, k).and_then(|v| v.parse().ok()).unwrap();
-            (
-                num("node") as u32,
-                num("delivered"),
-                field(line, "hash").unwrap().to_string(),
-                num("errors"),
-            )
-        })
-        .collect()
-}
-
-/// Runs cpgverify on every listed node at once; asserts they all delivered the same
-/// sequence (same hash) of `messages` from each, without error.
-fn cpgverify_everywhere(c: &ProcCluster, nodes: &[usize], group: &str, messages: u32) {
-    let (m, k) = (messages.to_string(), nodes.len().to_string());
-    let args = [
-        "--messages",
-        &m,
-        "--group",
-        group,
-        "--expect",
-        &k,
-        "--timeout",
-        "30",
-    ];
-    let outs: Vec<ClientOutput> = std::thread::scope(|s| {
-        let runs: Vec<_> = nodes
-            .iter()
-            .map(|&i| s.spawn(move || c.run(i, "cpgverify", &args, Duration::from_secs(40))))
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
-    let results = verify_lines(&outs);
-    for (node, delivered, hash, errors) in &results {
-        eprintln!("  cpgverify node {node}: delivered={delivered} hash={hash} errors={errors}");
-        assert_eq!(*errors, 0, "node {node} counted errors");
-        assert_eq!(
-            *delivered,
-            u64::from(messages) * nodes.len() as u64,
-            "node {node} delivered a different count"
-        );
-        assert_eq!(
-            hash, &results[0].2,
-            "node {node} delivered another sequence"
-        );
-    }
-}
-
 #[test]
 fn three_nodes_form_one_ring() {
     let _cpu = cpu_shared();
@@ -169,7 +105,7 @@ fn cpg_deliveries_agree_on_every_node() {
     let _cpu = cpu_shared();
     let c = ProcCluster::start(Options::new("agree", 3));
     let t0 = Instant::now();
-    cpgverify_everywhere(&c, &[1, 2, 3], "agree", 2000);
+    c.cpgverify_everywhere(&[1, 2, 3], "agree", 2000);
     eprintln!(
         "3 x 2000 messages verified on 3 nodes in {:?}",
         t0.elapsed()
@@ -649,7 +585,7 @@ fn garbage_on_the_ipc_socket_and_udp_port_leaves_the_executive_serving() {
         ring.ring()
     );
     // Still serving: every node delivers, and the same sequence.
-    cpgverify_everywhere(&c, &[1, 2, 3], "garbage", 500);
+    c.cpgverify_everywhere(&[1, 2, 3], "garbage", 500);
     // And frames Totem drops as undecodable must not disturb the membership.
     assert!(changes.is_empty(), "{}", changes.join("; "));
 }
@@ -692,5 +628,5 @@ fn node_with_the_wrong_key_never_joins() {
         pair.ring(),
         c.configurations(3).len()
     );
-    cpgverify_everywhere(&c, &[1, 2], "key", 200);
+    c.cpgverify_everywhere(&[1, 2], "key", 200);
 }
