@@ -138,6 +138,13 @@ pub trait Service: 'static {
     fn timer(&mut self, api: &mut Api, data: u64) {
         let _ = (api, data);
     }
+
+    /// The fresh [`crate::HostStatus`] this service asked for with
+    /// [`Api::want_host_status`] is in [`Api::host_status`]. Local, like a library
+    /// handler: [`Api::now`] is `None` but nothing here may be replicated.
+    fn host_status(&mut self, api: &mut Api) {
+        let _ = api;
+    }
 }
 
 /// Panics unless `S`'s handler tables are dense (`LIB[i].id == i`, `EXEC[i].id == i`)
