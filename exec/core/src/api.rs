@@ -13,7 +13,7 @@ use log::warn;
 use totem::{Instant, NodeId, NodeSet, RingId, MAX_MESSAGE_LEN};
 
 use crate::host::HostStatus;
-use crate::quorum::QuorumState;
+use crate::quorum::{QuorumPolicy, QuorumState};
 use crate::registry::Stats;
 use crate::service::ConnId;
 
@@ -92,7 +92,8 @@ pub struct Api {
     effects: VecDeque<Effect>,
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
-    /// The quorum of the current regular configuration.
+    /// How votes are counted, and the quorum of the current regular configuration.
+    pub(crate) quorum_policy: QuorumPolicy,
     pub(crate) quorum: QuorumState,
     /// The daemon's facts about this host ([`crate::host`]).
     pub(crate) host: HostStatus,
@@ -112,6 +113,7 @@ impl Api {
             effects: VecDeque::new(),
             timers: Timers::default(),
             stats: Stats::default(),
+            quorum_policy: QuorumPolicy::default(),
             quorum: QuorumState::NONE,
             host: HostStatus::default(),
             host_wanted: Vec::new(),
@@ -244,6 +246,11 @@ impl Api {
     /// The quorum of the current regular configuration, with its votes.
     pub fn quorum(&self) -> &QuorumState {
         &self.quorum
+    }
+
+    /// The votes `node` holds under this node's quorum policy.
+    pub fn votes_of(&self, node: NodeId) -> u32 {
+        self.quorum_policy.votes_of(node)
     }
 
     /// The daemon's latest facts about this host (names, addresses, counters): local,

@@ -153,7 +153,6 @@ pub struct Registry {
     pub(crate) services: Vec<Box<dyn DynService>>,
     conns: BTreeMap<ConnId, ServiceId>,
     pub(crate) sync: SyncState,
-    quorum_policy: QuorumPolicy,
 }
 
 impl Registry {
@@ -163,7 +162,6 @@ impl Registry {
             services: Vec::new(),
             conns: BTreeMap::new(),
             sync: SyncState::Waiting,
-            quorum_policy: QuorumPolicy::default(),
         }
     }
 
@@ -173,11 +171,11 @@ impl Registry {
         if policy.expected_votes.is_none() {
             info!(target: "quorum", "no expected votes configured: quorum is not enforced, every partition is quorate");
         }
-        self.quorum_policy = policy;
+        self.api.quorum_policy = policy;
     }
 
     pub fn quorum_policy(&self) -> &QuorumPolicy {
-        &self.quorum_policy
+        &self.api.quorum_policy
     }
 
     /// Adds a service and calls its `exec_init`. Register every service before feeding
@@ -470,7 +468,7 @@ impl Registry {
     /// its cause: who left, who joined, votes against needed.
     fn update_quorum(&mut self, change: &ConfChange, previous: &NodeSet) {
         let before = self.api.quorum;
-        let now = self.quorum_policy.evaluate(&change.members);
+        let now = self.api.quorum_policy.evaluate(&change.members);
         self.api.quorum = now;
         let left = previous.difference(&change.members);
         let joined = change.members.difference(previous);
