@@ -110,6 +110,11 @@ pub struct Options {
     pub debug: bool,
     /// How long [`ProcCluster::start`] waits for the first ring of all nodes.
     pub ring_timeout: Duration,
+    /// Write a `nodelist { }` naming node `i` `node<i>` (nodeid `i`, ring0_addr
+    /// 127.0.0.i, one vote each); default off.
+    pub nodelist: bool,
+    /// Write `quorum { expected_votes: n }`; default none.
+    pub expected_votes: Option<u32>,
 }
 
 impl Options {
@@ -122,7 +127,19 @@ impl Options {
             key_groups: None,
             debug: std::env::var_os("AIS_PROCS_DEBUG").is_some_and(|v| !v.is_empty() && v != "0"),
             ring_timeout: Duration::from_secs(10),
+            nodelist: false,
+            expected_votes: None,
         }
+    }
+
+    pub fn nodelist(mut self, on: bool) -> Options {
+        self.nodelist = on;
+        self
+    }
+
+    pub fn expected_votes(mut self, votes: u32) -> Options {
+        self.expected_votes = Some(votes);
+        self
     }
 
     pub fn timing(mut self, timing: Timing) -> Options {
@@ -395,6 +412,24 @@ fn config_text(
             )
         })
         .collect();
+    let nodelist = if opts.nodelist {
+        let nodes: String = (1..=opts.nodes)
+            .map(|j| {
+                format!(
+                    "    node {{\n        nodeid: {j}\n        name: node{j}\n        \
+                     ring0_addr: {}\n    }}\n",
+                    node_addr(j)
+                )
+            })
+            .collect();
+        format!("nodelist {{\n{nodes}}}\n")
+    } else {
+        String::new()
+    };
+    let quorum = opts
+        .expected_votes
+        .map(|v| format!("quorum {{\n    expected_votes: {v}\n}}\n"))
+        .unwrap_or_default();
     format!(
         "totem {{
     version: 2
@@ -418,7 +453,7 @@ logging {{
 aisexec {{
     runtime_dir: {runtime_dir}
 }}
-",
+{nodelist}{quorum}",
         name = opts.name,
         token = t.token_ms,
         coefficient = t.token_coefficient_ms,

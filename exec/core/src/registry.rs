@@ -472,11 +472,13 @@ impl Registry {
         self.api.quorum = now;
         let left = previous.difference(&change.members);
         let joined = change.members.difference(previous);
-        if now.quorate != before.quorate {
-            let what = match (now.quorate, before == QuorumState::NONE) {
+        // A regular configuration always has a member, so NONE means "the first".
+        let first = before == QuorumState::NONE;
+        if first || now.quorate != before.quorate {
+            let what = match (now.quorate, first) {
                 (true, true) => "quorate",
-                (true, false) => "quorum regained",
                 (false, true) => "not quorate",
+                (true, false) => "quorum gained",
                 (false, false) => "quorum lost",
             };
             info!(target: "quorum", "{what} in configuration {}: members {} (left {left}, joined {joined}): {now}", change.ring_id, change.members);
