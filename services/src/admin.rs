@@ -111,6 +111,8 @@ impl Service for Admin {
         },
     ];
     const EXEC: &'static [ExecHandler<Self>] = &[];
+    /// Nothing replicated: no sync round for it.
+    const SYNC: bool = false;
 
     fn lib_exit(&mut self, _api: &mut Api, conn: ConnId) {
         self.waiting.retain(|(c, _)| *c != conn);

@@ -59,6 +59,7 @@ pub(crate) trait DynService {
     fn id(&self) -> ServiceId;
     fn name(&self) -> &'static str;
     fn version(&self) -> SaVersion;
+    fn syncs(&self) -> bool;
     /// `(flow_control, needs_sync)` of library handler `id`, if it exists.
     fn lib_handler(&self, id: u32) -> Option<(bool, bool)>;
     fn call_lib(&mut self, api: &mut Api, id: u32, conn: ConnId, body: Bytes);
@@ -89,6 +90,9 @@ impl<S: Service> DynService for Holder<S> {
     }
     fn version(&self) -> SaVersion {
         S::VERSION
+    }
+    fn syncs(&self) -> bool {
+        S::SYNC
     }
     fn lib_handler(&self, id: u32) -> Option<(bool, bool)> {
         let h = S::LIB.get(usize::try_from(id).ok()?)?;

@@ -87,6 +87,10 @@ pub trait Service: 'static {
     const LIB: &'static [LibHandler<Self>];
     /// Executive handlers, dense: `EXEC[i].id == i`.
     const EXEC: &'static [ExecHandler<Self>];
+    /// Whether the service takes part in the sync framework after each regular
+    /// configuration. A service without replicated state sets it to false and saves
+    /// every configuration change a barrier round; its `sync_*` hooks are never called.
+    const SYNC: bool = true;
 
     /// Once, when the service is registered.
     fn exec_init(&mut self, api: &mut Api) {
