@@ -147,12 +147,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     let srp = Srp::new(params, me, runtime.load_ring_seq(), Instant(0));
     let mut registry = Registry::new(me);
     let policy = cfg.quorum_policy();
-    match policy.expected_votes {
-        Some(e) => info!(target: "quorum", "expected votes {e}, this node's votes {}{}",
-            policy.votes_of(me), if policy.two_node { ", two_node" } else { "" }),
-        None => {
-            info!(target: "quorum", "transport udp without a nodelist or quorum.expected_votes: quorum is not enforced")
-        }
+    // The registry logs the case of no expected votes (quorum not enforced).
+    if let Some(e) = policy.expected_votes {
+        info!(target: "quorum", "expected votes {e}, this node's votes {}{}",
+            policy.votes_of(me), if policy.two_node { ", two_node" } else { "" });
     }
     registry.set_quorum_policy(policy);
     registry.set_node_names(status::node_names(&cfg, me));
