@@ -4,13 +4,19 @@
 //!   agreed-order multicast to a group, kept identical on every node across
 //!   configuration changes by the sync framework.
 //!
+//! - [`admin`]: operator queries (`aisctl`): this node's view of the ring, its members
+//!   with names and addresses, quorum, and the protocol's counters; answered locally.
+//!
 //! The daemon registers them all on its registry: [`register_all`].
 
+pub mod admin;
 pub mod cpg;
 
+pub use admin::Admin;
 pub use cpg::Cpg;
 
 /// Registers every service of this crate on `registry`.
 pub fn register_all(registry: &mut ais_exec::Registry) {
     registry.register(Cpg::new());
+    registry.register(Admin::new());
 }

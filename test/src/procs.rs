@@ -115,6 +115,11 @@ pub struct Options {
     /// Where the nodes run: on loopback addresses (udpu) or in network namespaces
     /// (multicast).
     pub placement: Placement,
+    /// Write a `nodelist { }` naming node `i` `node<i>` (nodeid `i`, ring0_addr its
+    /// address, one vote each); default off.
+    pub nodelist: bool,
+    /// Write `quorum { expected_votes: n }`; default none.
+    pub expected_votes: Option<u32>,
 }
 
 /// Where a [`ProcCluster`]'s nodes live and how their frames travel.
@@ -139,6 +144,16 @@ impl Options {
             debug: std::env::var_os("AIS_PROCS_DEBUG").is_some_and(|v| !v.is_empty() && v != "0"),
             ring_timeout: Duration::from_secs(10),
             placement: Placement::Loopback,
+            nodelist: false,
+            expected_votes: None,
+        }
+    }
+
+    /// Node `j`'s address where it runs.
+    fn addr(&self, j: usize) -> String {
+        match &self.placement {
+            Placement::Loopback => node_addr(j).to_string(),
+            Placement::Namespaces(t) => t.addr(j as u32),
         }
     }
 
@@ -149,6 +164,16 @@ impl Options {
             "the topology has fewer hosts than the cluster has nodes"
         );
         self.placement = Placement::Namespaces(topology);
+        self
+    }
+
+    pub fn nodelist(mut self, on: bool) -> Options {
+        self.nodelist = on;
+        self
+    }
+
+    pub fn expected_votes(mut self, votes: u32) -> Options {
+        self.expected_votes = Some(votes);
         self
     }
 
@@ -426,14 +451,32 @@ fn config_text(
                     )
                 })
                 .collect();
-            ("udpu", node_addr(i).to_string(), members)
+            ("udpu", opts.addr(i), members)
         }
         Placement::Namespaces(topo) => (
             "udp",
-            topo.addr(i as u32),
+            opts.addr(i),
             format!("\n        mcastaddr: {}", topo.mcast_group()),
         ),
     };
+    let nodelist = if opts.nodelist {
+        let nodes: String = (1..=opts.nodes)
+            .map(|j| {
+                format!(
+                    "    node {{\n        nodeid: {j}\n        name: node{j}\n        \
+                     ring0_addr: {}\n    }}\n",
+                    opts.addr(j)
+                )
+            })
+            .collect();
+        format!("nodelist {{\n{nodes}}}\n")
+    } else {
+        String::new()
+    };
+    let quorum = opts
+        .expected_votes
+        .map(|v| format!("quorum {{\n    expected_votes: {v}\n}}\n"))
+        .unwrap_or_default();
     format!(
         "totem {{
     version: 2
@@ -457,7 +500,7 @@ logging {{
 aisexec {{
     runtime_dir: {runtime_dir}
 }}
-",
+{nodelist}{quorum}",
         name = opts.name,
         token = t.token_ms,
         coefficient = t.token_coefficient_ms,

@@ -15,6 +15,7 @@ use crate::daemon::{Daemon, CONN_BASE};
 use crate::ipc::{Access, IpcServer};
 use crate::logging;
 use crate::runtime::{self, RuntimeDir};
+use crate::status;
 use crate::transport::{Mode, Transport, TransportConfig};
 
 /// Socket buffers asked of the kernel, each direction.
@@ -145,6 +146,14 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let srp = Srp::new(params, me, runtime.load_ring_seq(), Instant(0));
     let mut registry = Registry::new(me);
+    let policy = cfg.quorum_policy();
+    // The registry logs the case of no expected votes (quorum not enforced).
+    if let Some(e) = policy.expected_votes {
+        info!(target: "quorum", "expected votes {e}, this node's votes {}{}",
+            policy.votes_of(me), if policy.two_node { ", two_node" } else { "" });
+    }
+    registry.set_quorum_policy(policy);
+    registry.set_node_names(status::node_names(&cfg, me));
     ais_services::register_all(&mut registry);
 
     let access = resolve_access(&cfg);

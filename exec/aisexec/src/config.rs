@@ -30,8 +30,8 @@ use std::io::Read;
 use std::path::Path;
 
 pub use model::{
-    AisexecSection, Config, Interface, LoggerSubsys, Logging, Origin, TotemSection, Transport,
-    UidGid,
+    AisexecSection, Config, Interface, LoggerSubsys, Logging, NodeEntry, Origin, QuorumSection,
+    TotemSection, Transport, UidGid, MAX_VOTES,
 };
 pub use syntax::{Item, Pair, Section};
 
@@ -50,10 +50,10 @@ pub const DEFAULT_KEYFILE: &str = "/etc/ais/authkey";
 pub const DEFAULT_MCASTPORT: u16 = 5405;
 
 /// Top-level sections kept as written, in [`Config::services`], for the services to
-/// read. Any other top-level name than these and `totem`, `logging`, `aisexec` and
-/// `uidgid` is an error: it is most likely a misspelling.
+/// read. Any other top-level name than these and `totem`, `logging`, `aisexec`,
+/// `uidgid`, `nodelist` and `quorum` is an error: it is most likely a misspelling.
 pub const SERVICE_SECTIONS: &[&str] = &[
-    "amf", "ckpt", "clm", "cpg", "event", "evs", "evt", "lck", "msg", "quorum", "tmr",
+    "amf", "ckpt", "clm", "cpg", "event", "evs", "evt", "lck", "msg", "tmr",
 ];
 
 /// The configuration the daemon runs with when given none: a one-node cluster on the

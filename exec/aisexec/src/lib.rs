@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod ipc;
 pub mod logging;
 pub mod runtime;
+pub mod status;
 pub mod transport;

@@ -144,6 +144,11 @@ impl Transport {
         self.my_addr
     }
 
+    /// Every node whose address is known, this one included (for operators).
+    pub fn peers(&self) -> &BTreeMap<NodeId, SocketAddr> {
+        &self.peers
+    }
+
     /// Sends a frame; errors are counted and logged, never fatal (UDP may drop anyway).
     pub fn send(&mut self, dest: Dest, data: &[u8]) {
         let sealed;

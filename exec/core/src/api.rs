@@ -12,6 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use log::warn;
 use totem::{Instant, NodeId, NodeSet, RingId, MAX_MESSAGE_LEN};
 
+use crate::host::HostStatus;
+use crate::quorum::{QuorumPolicy, QuorumState};
 use crate::registry::Stats;
 use crate::service::ConnId;
 
@@ -90,6 +92,13 @@ pub struct Api {
     effects: VecDeque<Effect>,
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
+    /// How votes are counted, and the quorum of the current regular configuration.
+    pub(crate) quorum_policy: QuorumPolicy,
+    pub(crate) quorum: QuorumState,
+    /// The daemon's facts about this host ([`crate::host`]).
+    pub(crate) host: HostStatus,
+    /// Services that asked for a fresh [`HostStatus`], in id order.
+    pub(crate) host_wanted: Vec<ServiceId>,
 }
 
 impl Api {
@@ -104,6 +113,10 @@ impl Api {
             effects: VecDeque::new(),
             timers: Timers::default(),
             stats: Stats::default(),
+            quorum_policy: QuorumPolicy::default(),
+            quorum: QuorumState::NONE,
+            host: HostStatus::default(),
+            host_wanted: Vec::new(),
         }
     }
 
@@ -222,6 +235,39 @@ impl Api {
     /// every node.
     pub fn now(&self) -> Option<Instant> {
         self.now
+    }
+
+    /// Whether the current regular configuration holds a quorum (false before the
+    /// first). The same on every member of the configuration; see [`crate::quorum`].
+    pub fn is_quorate(&self) -> bool {
+        self.quorum.quorate
+    }
+
+    /// The quorum of the current regular configuration, with its votes.
+    pub fn quorum(&self) -> &QuorumState {
+        &self.quorum
+    }
+
+    /// The votes `node` holds under this node's quorum policy.
+    pub fn votes_of(&self, node: NodeId) -> u32 {
+        self.quorum_policy.votes_of(node)
+    }
+
+    /// The daemon's latest facts about this host (names, addresses, counters): local,
+    /// possibly stale, never to be used in a replicated decision. Call
+    /// [`Api::want_host_status`] for fresh addresses and counters.
+    pub fn host_status(&self) -> &HostStatus {
+        &self.host
+    }
+
+    /// Asks the daemon for a fresh [`HostStatus`]; the running service's
+    /// [`crate::Service::host_status`] hook is called once it is in (soon after the
+    /// current input, never from inside this call). Asking twice before then calls it
+    /// once.
+    pub fn want_host_status(&mut self) {
+        if let Err(pos) = self.host_wanted.binary_search(&self.service) {
+            self.host_wanted.insert(pos, self.service);
+        }
     }
 
     /// The service whose code is running.

@@ -16,10 +16,12 @@ use std::collections::BTreeMap;
 
 use ais_proto::{Decode, MsgId, SaError, SaVersion, ServiceId};
 use bytes::Bytes;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use totem::{ConfChange, ConfKind, Event, Instant, NodeId, NodeSet, RingId};
 
 use crate::api::{Api, Effect};
+use crate::host::{Counter, HostStatus};
+use crate::quorum::{QuorumPolicy, QuorumState};
 use crate::service::{check_tables, ConnId, ConnInfo, Service, SyncProgress};
 use crate::sync::SyncState;
 
@@ -57,6 +59,7 @@ pub(crate) trait DynService {
     fn id(&self) -> ServiceId;
     fn name(&self) -> &'static str;
     fn version(&self) -> SaVersion;
+    fn syncs(&self) -> bool;
     /// `(flow_control, needs_sync)` of library handler `id`, if it exists.
     fn lib_handler(&self, id: u32) -> Option<(bool, bool)>;
     fn call_lib(&mut self, api: &mut Api, id: u32, conn: ConnId, body: Bytes);
@@ -71,6 +74,7 @@ pub(crate) trait DynService {
     fn sync_activate(&mut self, api: &mut Api);
     fn sync_abort(&mut self, api: &mut Api);
     fn timer(&mut self, api: &mut Api, data: u64);
+    fn host_status(&mut self, api: &mut Api);
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -86,6 +90,9 @@ impl<S: Service> DynService for Holder<S> {
     }
     fn version(&self) -> SaVersion {
         S::VERSION
+    }
+    fn syncs(&self) -> bool {
+        S::SYNC
     }
     fn lib_handler(&self, id: u32) -> Option<(bool, bool)> {
         let h = S::LIB.get(usize::try_from(id).ok()?)?;
@@ -132,6 +139,9 @@ impl<S: Service> DynService for Holder<S> {
     fn timer(&mut self, api: &mut Api, data: u64) {
         self.0.timer(api, data)
     }
+    fn host_status(&mut self, api: &mut Api) {
+        self.0.host_status(api)
+    }
     fn as_any(&self) -> &dyn Any {
         &self.0
     }
@@ -157,6 +167,19 @@ impl Registry {
             conns: BTreeMap::new(),
             sync: SyncState::Waiting,
         }
+    }
+
+    /// How votes are counted ([`crate::quorum`]); set it before the first event. Until
+    /// then quorum is not enforced. Every node must be given the same policy.
+    pub fn set_quorum_policy(&mut self, policy: QuorumPolicy) {
+        if policy.expected_votes.is_none() {
+            info!(target: "quorum", "no expected votes configured: quorum is not enforced, every partition is quorate");
+        }
+        self.api.quorum_policy = policy;
+    }
+
+    pub fn quorum_policy(&self) -> &QuorumPolicy {
+        &self.api.quorum_policy
     }
 
     /// Adds a service and calls its `exec_init`. Register every service before feeding
@@ -233,6 +256,48 @@ impl Registry {
 
     pub fn stats(&self) -> &Stats {
         &self.api.stats
+    }
+
+    /// The quorum of the current regular configuration ([`QuorumState::NONE`] before the
+    /// first).
+    pub fn quorum(&self) -> &QuorumState {
+        &self.api.quorum
+    }
+
+    // ----- host facts (see crate::host) -----
+
+    /// Node names from the configuration, this node's included. Static: set once at
+    /// start.
+    pub fn set_node_names(&mut self, names: BTreeMap<NodeId, String>) {
+        self.api.host.names = names;
+    }
+
+    /// Whether a service waits for a fresh host status: the daemon then calls
+    /// [`Registry::refresh_host_status`].
+    pub fn host_status_wanted(&self) -> bool {
+        !self.api.host_wanted.is_empty()
+    }
+
+    /// A fresh snapshot of addresses and counters; the services that asked for it have
+    /// their `host_status` hook called, in id order.
+    pub fn refresh_host_status(
+        &mut self,
+        addresses: BTreeMap<NodeId, String>,
+        counters: Vec<Counter>,
+    ) {
+        self.api.host.addresses = addresses;
+        self.api.host.counters = counters;
+        for service in std::mem::take(&mut self.api.host_wanted) {
+            if let Some(i) = self.index_of(service) {
+                self.api.enter(service, None);
+                self.services[i].host_status(&mut self.api);
+                self.api.leave();
+            }
+        }
+    }
+
+    pub fn host_status(&self) -> &HostStatus {
+        &self.api.host
     }
 
     // ----- library connections -----
@@ -393,11 +458,36 @@ impl Registry {
             }
             ConfKind::Regular => {
                 self.sync_abort_round();
+                let previous = self.api.members().clone();
                 self.api
                     .set_configuration(change.ring_id, change.members.clone());
+                self.update_quorum(change, &previous);
                 self.confchg_hooks(change);
                 self.sync_start();
             }
+        }
+    }
+
+    /// Re-evaluates quorum for a new regular configuration and logs a change of it with
+    /// its cause: who left, who joined, votes against needed.
+    fn update_quorum(&mut self, change: &ConfChange, previous: &NodeSet) {
+        let before = self.api.quorum;
+        let now = self.api.quorum_policy.evaluate(&change.members);
+        self.api.quorum = now;
+        let left = previous.difference(&change.members);
+        let joined = change.members.difference(previous);
+        // A regular configuration always has a member, so NONE means "the first".
+        let first = before == QuorumState::NONE;
+        if first || now.quorate != before.quorate {
+            let what = match (now.quorate, first) {
+                (true, true) => "quorate",
+                (false, true) => "not quorate",
+                (true, false) => "quorum gained",
+                (false, false) => "quorum lost",
+            };
+            info!(target: "quorum", "{what} in configuration {}: members {} (left {left}, joined {joined}): {now}", change.ring_id, change.members);
+        } else if now != before {
+            debug!(target: "quorum", "configuration {}: still {}quorate: {now}", change.ring_id, if now.quorate { "" } else { "not " });
         }
     }
 

@@ -87,6 +87,10 @@ pub trait Service: 'static {
     const LIB: &'static [LibHandler<Self>];
     /// Executive handlers, dense: `EXEC[i].id == i`.
     const EXEC: &'static [ExecHandler<Self>];
+    /// Whether the service takes part in the sync framework after each regular
+    /// configuration. A service without replicated state sets it to false and saves
+    /// every configuration change a barrier round; its `sync_*` hooks are never called.
+    const SYNC: bool = true;
 
     /// Once, when the service is registered.
     fn exec_init(&mut self, api: &mut Api) {
@@ -137,6 +141,13 @@ pub trait Service: 'static {
     /// A timer this service added with [`Api::timer_add`] expired.
     fn timer(&mut self, api: &mut Api, data: u64) {
         let _ = (api, data);
+    }
+
+    /// The fresh [`crate::HostStatus`] this service asked for with
+    /// [`Api::want_host_status`] is in [`Api::host_status`]. Local, like a library
+    /// handler: [`Api::now`] is `None` but nothing here may be replicated.
+    fn host_status(&mut self, api: &mut Api) {
+        let _ = api;
     }
 }
 

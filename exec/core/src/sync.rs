@@ -8,7 +8,7 @@
 //! same point in the agreed order (the configuration change itself):
 //!
 //! ```text
-//! for each registered service S, in ServiceId order:
+//! for each registered service S with S::SYNC (the default), in ServiceId order:
 //!     S.sync_init()
 //!     S.sync_process()  ── multicasts S's share of the state (S's own executive messages,
 //!         │                tagged with R by the service: Api::ring_id)
@@ -96,6 +96,11 @@ impl Registry {
 
     /// Starts service `idx` of the round (or finishes the round).
     fn sync_enter(&mut self, ring: RingId, idx: usize) {
+        // Services without replicated state (`Service::SYNC == false`) take no part: no
+        // hooks, no barrier round. Every node skips the same ones.
+        let idx = (idx..self.services.len())
+            .find(|&i| self.services[i].syncs())
+            .unwrap_or(self.services.len());
         let Some(s) = self.services.get_mut(idx) else {
             self.sync = SyncState::Done;
             self.api.stats.sync_rounds_completed += 1;

@@ -3,7 +3,8 @@
 //! a virtual clock, and the harness does what the daemon does with their outputs
 //! (frames to the network, events to the registry, multicasts to Totem through a queue
 //! that holds them while Totem's is full, everything else into [`TestNode::outputs`]).
-//! Nodes can crash, restart and be partitioned.
+//! Nodes can crash, restart and be partitioned. A fresh [`crate::HostStatus`] a service
+//! asks for is served at once, with addresses `testkit:<n>` and the node's Totem counters.
 //!
 //! The thorough, seeded, lossy simulation lives in `ais-test`; this is for writing a
 //! service's unit tests in a few lines.
@@ -238,6 +239,16 @@ impl TestCluster {
                     node.confchgs.push(c.clone());
                 }
                 node.registry.handle_event(ev);
+            }
+            if node.registry.host_status_wanted() {
+                moved = true;
+                // What a daemon's transport would know: every node of the cluster, at
+                // an address naming it.
+                let addresses = (1..=size)
+                    .map(|m| (NodeId(m), format!("testkit:{m}")))
+                    .collect();
+                let counters = crate::host::totem_counters(node.srp.stats());
+                node.registry.refresh_host_status(addresses, counters);
             }
             while let Some(effect) = node.registry.poll_effect() {
                 moved = true;

@@ -34,6 +34,11 @@ pub struct Config {
     pub aisexec: AisexecSection,
     /// Each `uidgid { }` section: who may connect to the daemon besides root.
     pub uidgid: Vec<UidGid>,
+    /// `nodelist { node { } ... }`: the cluster's nodes with names and votes, in file
+    /// order (empty when there is no nodelist).
+    pub nodelist: Vec<NodeEntry>,
+    /// `quorum { }`.
+    pub quorum: QuorumSection,
     /// Service sections (`amf { }`, `clm { }`, ...; see [`SERVICE_SECTIONS`]) as written,
     /// by name, for the services to read. A section written twice is one section holding
     /// the items of both, in file order.
@@ -140,6 +145,45 @@ pub struct UidGid {
     pub gid: Option<String>,
 }
 
+/// `nodelist { node { nodeid; name; ring0_addr; quorum_votes } }`: one cluster node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// `nodeid`: non-zero, unique. Unset, derived from an IPv4 `ring0_addr` the way
+    /// `totem.nodeid` is derived from `bindnetaddr`.
+    pub nodeid: u32,
+    /// `name`: a name for humans (aisctl, logs), unique; unset, none.
+    pub name: Option<String>,
+    /// `ring0_addr`: the node's ring 0 address, unique; shown when the transport has not
+    /// heard from the node yet, and used to find this node's entry.
+    pub ring0_addr: Option<IpAddr>,
+    /// `quorum_votes`: its votes, 1 to [`MAX_VOTES`] (default 1).
+    pub quorum_votes: u32,
+}
+
+/// `quorum { expected_votes; two_node; votes }`; see [`Config::quorum_policy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumSection {
+    /// `expected_votes`: the votes of the whole cluster; unset, the nodelist's sum.
+    pub expected_votes: Option<u32>,
+    /// `two_node`: in a cluster of exactly two votes, one is enough (default off).
+    pub two_node: bool,
+    /// `votes`: the votes of a node that is not in the nodelist (default 1).
+    pub votes: u32,
+}
+
+impl Default for QuorumSection {
+    fn default() -> Self {
+        QuorumSection {
+            expected_votes: None,
+            two_node: false,
+            votes: 1,
+        }
+    }
+}
+
+/// Most votes one node may hold: small enough that no nodelist's sum overflows.
+pub const MAX_VOTES: u32 = 65_535;
+
 /// Where a configuration came from: the file, and the line of every key and section
 /// read, by dotted path (`totem`, `totem.consensus`, `totem.interface.mcastport`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -174,12 +218,20 @@ impl Config {
         }
     }
 
-    /// This node's id: `totem.nodeid` if set, else the IPv4 address it binds to read as
-    /// a big-endian number (127.0.0.1 is 0x7f000001), as corosync 1.x does. An IPv6
-    /// address, or 0.0.0.0, needs an explicit `nodeid`.
+    /// This node's id: `totem.nodeid` if set, else the `nodeid` of the nodelist entry
+    /// whose `ring0_addr` is `local_addr` (as corosync 2 finds itself), else the IPv4
+    /// address it binds to read as a big-endian number (127.0.0.1 is 0x7f000001), as
+    /// corosync 1.x does. An IPv6 address, or 0.0.0.0, needs one of the first two.
     pub fn local_nodeid(&self, local_addr: IpAddr) -> Result<u32, ConfigError> {
         if let Some(id) = self.totem.nodeid {
             return Ok(id);
+        }
+        if let Some(entry) = self
+            .nodelist
+            .iter()
+            .find(|n| n.ring0_addr == Some(local_addr))
+        {
+            return Ok(entry.nodeid);
         }
         match local_addr {
             IpAddr::V4(v4) if u32::from(v4) != 0 => Ok(u32::from(v4)),
@@ -215,6 +267,50 @@ impl Config {
                 .to_owned();
             self.error_at(&key, value)
         })
+    }
+
+    /// How votes are counted (see `ais_exec::quorum`): votes from the nodelist,
+    /// `quorum.votes` for any other node, and expected votes from, in order:
+    /// `quorum.expected_votes`; the sum of the nodelist's votes; with `udpu`, the member
+    /// count times `quorum.votes`; else none, and quorum is not enforced (every
+    /// partition is quorate; the registry logs it).
+    pub fn quorum_policy(&self) -> ais_exec::QuorumPolicy {
+        ais_exec::QuorumPolicy {
+            votes: self
+                .nodelist
+                .iter()
+                .map(|n| (totem::NodeId(n.nodeid), n.quorum_votes))
+                .collect(),
+            default_votes: self.quorum.votes,
+            expected_votes: self.expected_votes(),
+            two_node: self.quorum.two_node,
+        }
+    }
+
+    /// The expected votes [`Config::quorum_policy`] uses.
+    pub fn expected_votes(&self) -> Option<u32> {
+        if let Some(e) = self.quorum.expected_votes {
+            return Some(e);
+        }
+        if !self.nodelist.is_empty() {
+            return Some(
+                self.nodelist
+                    .iter()
+                    .fold(0u32, |sum, n| sum.saturating_add(n.quorum_votes)),
+            );
+        }
+        match self.totem.transport {
+            Transport::Udpu => Some((self.node_count() as u32).saturating_mul(self.quorum.votes)),
+            Transport::Udp => None,
+        }
+    }
+
+    /// Node names by id: the nodelist's, for the admin service and logs.
+    pub fn node_names(&self) -> BTreeMap<u32, String> {
+        self.nodelist
+            .iter()
+            .filter_map(|n| Some((n.nodeid, n.name.clone()?)))
+            .collect()
     }
 
     /// An error about `key` (a dotted path), placed on the line where it, or the nearest
@@ -276,6 +372,8 @@ pub(super) fn build(
     let mut logging = None;
     let mut aisexec = None;
     let mut uidgid = Vec::new();
+    let mut nodelist = None;
+    let mut quorum = None;
     let mut services: BTreeMap<String, Section> = BTreeMap::new();
     for item in &root.items {
         let section = match item {
@@ -310,6 +408,14 @@ pub(super) fn build(
                 aisexec = Some((cx.aisexec(section)?, section.line));
             }
             "uidgid" => uidgid.push(cx.uidgid(section)?),
+            "nodelist" => {
+                cx.once(&nodelist, section)?;
+                nodelist = Some((cx.nodelist(section)?, section.line));
+            }
+            "quorum" => {
+                cx.once(&quorum, section)?;
+                quorum = Some((cx.quorum(section)?, section.line));
+            }
             name if SERVICE_SECTIONS.contains(&name) => {
                 cx.lines.entry(name.to_owned()).or_insert(section.line);
                 services
@@ -322,8 +428,8 @@ pub(super) fn build(
                     section.line,
                     name,
                     format!(
-                        "unknown section: expected totem, logging, aisexec, uidgid or a \
-                         service section ({})",
+                        "unknown section: expected totem, logging, aisexec, uidgid, \
+                         nodelist, quorum or a service section ({})",
                         SERVICE_SECTIONS.join(", ")
                     ),
                 ))
@@ -337,11 +443,16 @@ pub(super) fn build(
             "missing section: every configuration needs `totem { version: 2 interface { ... } }`",
         ));
     };
+    let nodelist = nodelist.map(|(n, _)| n).unwrap_or_default();
+    let quorum = quorum.map(|(q, _)| q).unwrap_or_default();
+    cx.check_quorum(&totem, &nodelist, &quorum)?;
     let config = Config {
         totem,
         logging: logging.map(|(l, _)| l).unwrap_or_default(),
         aisexec: aisexec.map(|(a, _)| a).unwrap_or_default(),
         uidgid,
+        nodelist,
+        quorum,
         services,
         origin: Origin {
             file: file.to_owned(),
@@ -385,7 +496,7 @@ impl Builder<'_> {
         self.warnings.push(warning);
     }
 
-    /// Refuses a second `totem`, `logging` or `aisexec` section.
+    /// Refuses a second `totem`, `logging`, `aisexec`, `nodelist` or `quorum` section.
     fn once<T>(&self, first: &Option<(T, u32)>, section: &Section) -> Result<(), ConfigError> {
         match first {
             Some((_, line)) => Err(self.error(
@@ -778,5 +889,201 @@ impl Builder<'_> {
             ));
         }
         Ok(entry)
+    }
+
+    fn nodelist(&mut self, section: &Section) -> Result<Vec<NodeEntry>, ConfigError> {
+        let spec = Spec {
+            keys: &[],
+            aliases: &[],
+            sections: &["node"],
+        };
+        let f = self.fields(section, "nodelist", &spec);
+        let node_spec = Spec {
+            keys: &["nodeid", "name", "ring0_addr", "quorum_votes"],
+            aliases: &[],
+            sections: &[],
+        };
+        let mut nodes: Vec<(NodeEntry, u32)> = Vec::new();
+        for s in &f.sections {
+            if nodes.len() == MAX_MEMBERS {
+                return Err(self.error(
+                    s.line,
+                    "nodelist.node",
+                    format!("more than {MAX_MEMBERS} nodes: a ring holds at most {MAX_MEMBERS}"),
+                ));
+            }
+            let g = self.fields(s, "nodelist.node", &node_spec);
+            let ring0_addr = self.get(&g, "ring0_addr", |v| {
+                let a = parse_ip(v)?;
+                match nodes.iter().find(|(n, _)| n.ring0_addr == Some(a)) {
+                    Some((_, line)) => Err(format!(
+                        "{a} is already the address of the node on line {line}"
+                    )),
+                    None => Ok(a),
+                }
+            })?;
+            let unique_id = |id: u32| match nodes.iter().find(|(n, _)| n.nodeid == id) {
+                Some((_, line)) => Err(format!("node id {id} is already the node on line {line}")),
+                None => Ok(id),
+            };
+            let nodeid = match self.get(&g, "nodeid", |v| {
+                parse_u32(v, 0)?;
+                let id = parse_u32(v, 1)
+                    .map_err(|_| "must not be 0: node id 0 is reserved".to_owned())?;
+                unique_id(id)
+            })? {
+                Some(id) => id,
+                None => match ring0_addr {
+                    Some(IpAddr::V4(v4)) if u32::from(v4) != 0 => unique_id(u32::from(v4))
+                        .map_err(|m| {
+                            self.error(
+                                g.line,
+                                "nodelist.node.nodeid",
+                                format!("derived from ring0_addr {v4}: {m}"),
+                            )
+                        })?,
+                    _ => {
+                        return Err(self.error(
+                            g.line,
+                            "nodelist.node.nodeid",
+                            "missing: every node needs a nodeid (it is derived only from an \
+                             IPv4 ring0_addr)",
+                        ))
+                    }
+                },
+            };
+            let name = self.get(&g, "name", |v| {
+                let name = parse_word(v)?;
+                match nodes
+                    .iter()
+                    .find(|(n, _)| n.name.as_deref() == Some(name.as_str()))
+                {
+                    Some((_, line)) => Err(format!(
+                        "{name} is already the name of the node on line {line}"
+                    )),
+                    None => Ok(name),
+                }
+            })?;
+            let quorum_votes = self.get(&g, "quorum_votes", parse_votes)?.unwrap_or(1);
+            nodes.push((
+                NodeEntry {
+                    nodeid,
+                    name,
+                    ring0_addr,
+                    quorum_votes,
+                },
+                s.line,
+            ));
+        }
+        if nodes.is_empty() {
+            return Err(self.error(
+                f.line,
+                "nodelist.node",
+                "missing: a nodelist lists each node in a `node { nodeid: ... }` section \
+                 (or leave the nodelist out)",
+            ));
+        }
+        Ok(nodes.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn quorum(&mut self, section: &Section) -> Result<QuorumSection, ConfigError> {
+        let spec = Spec {
+            keys: &["expected_votes", "two_node", "votes"],
+            aliases: &[],
+            sections: &[],
+        };
+        let f = self.fields(section, "quorum", &spec);
+        let defaults = QuorumSection::default();
+        Ok(QuorumSection {
+            expected_votes: self.get(&f, "expected_votes", |v| {
+                parse_u32(v, 0)?;
+                parse_u32(v, 1).map_err(|_| {
+                    "must be at least 1 (leave it out to use the nodelist's votes)".to_owned()
+                })
+            })?,
+            two_node: self.flag(&f, "two_node", defaults.two_node)?,
+            votes: self
+                .get(&f, "votes", parse_votes)?
+                .unwrap_or(defaults.votes),
+        })
+    }
+
+    /// Checks that hold across `nodelist`, `quorum` and `totem`.
+    fn check_quorum(
+        &mut self,
+        totem: &TotemSection,
+        nodelist: &[NodeEntry],
+        quorum: &QuorumSection,
+    ) -> Result<(), ConfigError> {
+        let listed: u32 = nodelist
+            .iter()
+            .fold(0u32, |sum, n| sum.saturating_add(n.quorum_votes));
+        let line = |cx: &Self, key: &str| cx.lines.get(key).copied().unwrap_or(0);
+        if let Some(expected) = quorum.expected_votes {
+            if !nodelist.is_empty() && expected < listed {
+                let l = line(self, "quorum.expected_votes");
+                self.warn(
+                    l,
+                    "quorum.expected_votes",
+                    format!(
+                        "{expected} is below the nodelist's {listed} votes: expected votes \
+                         rise to the votes present when more are present"
+                    ),
+                );
+            }
+        }
+        if quorum.two_node {
+            let expected = quorum
+                .expected_votes
+                .or((!nodelist.is_empty()).then_some(listed));
+            match expected {
+                Some(2) => {}
+                Some(n) => {
+                    return Err(self.error(
+                        line(self, "quorum.two_node"),
+                        "quorum.two_node",
+                        format!(
+                            "needs exactly 2 expected votes, but there are {n}: two_node is \
+                             for clusters of two one-vote nodes"
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(self.error(
+                        line(self, "quorum.two_node"),
+                        "quorum.two_node",
+                        "needs the cluster's votes: set expected_votes: 2 or list the two \
+                         nodes in a nodelist",
+                    ))
+                }
+            }
+        }
+        if let (false, Some(ring0)) = (nodelist.is_empty(), totem.interfaces.first()) {
+            for m in &ring0.members {
+                if !nodelist.iter().any(|n| n.ring0_addr == Some(*m)) {
+                    let l = line(self, "nodelist");
+                    self.warn(
+                        l,
+                        "nodelist.node.ring0_addr",
+                        format!(
+                            "member {m} of totem.interface has no nodelist entry: it counts \
+                             quorum.votes and has no name"
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's votes: 1 to [`MAX_VOTES`]; zero is refused (a node without a vote would make
+/// partitions quorate or not in ways nobody expects).
+fn parse_votes(value: &str) -> Result<u32, String> {
+    let n = parse_uint(value, 0, u64::from(MAX_VOTES))?;
+    match u32::try_from(n) {
+        Ok(0) => Err("must be at least 1: a node without votes is not supported".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{value} is too large")),
     }
 }

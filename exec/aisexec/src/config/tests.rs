@@ -1254,3 +1254,251 @@ impl Config {
         self
     }
 }
+
+// ----- nodelist and quorum -----
+
+/// A three-node udpu configuration (10.0.0.1-3) followed by `rest`, from line 22.
+fn three(rest: &str) -> String {
+    let mut t = lines(&[
+        "totem {",
+        " version: 2",
+        " transport: udpu",
+        " interface {",
+        "  bindnetaddr: 10.0.0.1",
+        "  member {",
+        "   memberaddr: 10.0.0.1",
+        "  }",
+        "  member {",
+        "   memberaddr: 10.0.0.2",
+        "  }",
+        "  member {",
+        "   memberaddr: 10.0.0.3",
+        "  }",
+        " }",
+        "}",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]);
+    t.push_str(rest);
+    t
+}
+
+const NODELIST: &str = "nodelist {
+ node {
+  nodeid: 1
+  name: alpha
+  ring0_addr: 10.0.0.1
+ }
+ node {
+  nodeid: 2
+  name: beta
+  ring0_addr: 10.0.0.2
+  quorum_votes: 2
+ }
+ node {
+  ring0_addr: 10.0.0.3
+ }
+}
+";
+
+#[test]
+fn nodelist_reaches_its_fields_in_order() {
+    let (config, warnings) = parse(&three(NODELIST));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        config.nodelist,
+        vec![
+            NodeEntry {
+                nodeid: 1,
+                name: Some("alpha".into()),
+                ring0_addr: Some(ip("10.0.0.1")),
+                quorum_votes: 1,
+            },
+            NodeEntry {
+                nodeid: 2,
+                name: Some("beta".into()),
+                ring0_addr: Some(ip("10.0.0.2")),
+                quorum_votes: 2,
+            },
+            // The id derives from the IPv4 address, like totem.nodeid's.
+            NodeEntry {
+                nodeid: 0x0a00_0003,
+                name: None,
+                ring0_addr: Some(ip("10.0.0.3")),
+                quorum_votes: 1,
+            },
+        ]
+    );
+    assert_eq!(
+        config.node_names(),
+        [(1, "alpha".to_owned()), (2, "beta".to_owned())]
+            .into_iter()
+            .collect()
+    );
+    // This node finds its id through its ring0_addr.
+    assert_eq!(config.local_nodeid(ip("10.0.0.1")), Ok(1));
+    assert_eq!(config.local_nodeid(ip("10.0.0.9")), Ok(0x0a00_0009));
+}
+
+#[test]
+fn expected_votes_come_from_quorum_then_nodelist_then_udpu_members() {
+    // The nodelist's sum: 1 + 2 + 1.
+    let (config, _) = parse(&three(NODELIST));
+    assert_eq!(config.expected_votes(), Some(4));
+    let p = config.quorum_policy();
+    assert_eq!(p.votes_of(totem::NodeId(2)), 2);
+    assert_eq!(p.votes_of(totem::NodeId(99)), 1);
+    assert!(!p.two_node);
+    // quorum.expected_votes wins.
+    let (config, _) = parse(&three(&format!(
+        "{NODELIST}quorum {{\n expected_votes: 5\n votes: 3\n}}\n"
+    )));
+    assert_eq!(config.expected_votes(), Some(5));
+    assert_eq!(config.quorum.votes, 3);
+    assert_eq!(config.quorum_policy().votes_of(totem::NodeId(99)), 3);
+    // No nodelist: the udpu members, each with quorum.votes.
+    let (config, _) = parse(&three("quorum {\n votes: 2\n}\n"));
+    assert!(config.nodelist.is_empty());
+    assert_eq!(config.expected_votes(), Some(6));
+    // Multicast without either: unknown, quorum not enforced.
+    let (config, _) = parse(&udp(""));
+    assert_eq!(config.expected_votes(), None);
+    assert_eq!(config.quorum_policy().expected_votes, None);
+    assert_eq!(config.quorum, QuorumSection::default());
+}
+
+#[test]
+fn two_node_needs_exactly_two_expected_votes() {
+    let two = "nodelist {\n node {\n  nodeid: 1\n }\n node {\n  nodeid: 2\n }\n}\n";
+    let (config, warnings) = parse(&with(&format!("{two}quorum {{\n two_node: on\n}}\n")));
+    assert!(config.quorum.two_node);
+    assert_eq!(config.expected_votes(), Some(2));
+    // The one member 10.0.0.1 has no entry: warned about.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "nodelist.node.ring0_addr");
+    let (config, _) = parse(&udp("").replace(
+        "}\n}\n",
+        "}\n}\nquorum {\n two_node: yes\n expected_votes: 2\n}\n",
+    ));
+    assert!(config.quorum_policy().two_node);
+
+    let e = parse_err(&three(&format!("{NODELIST}quorum {{\n two_node: on\n}}\n")));
+    assert_eq!((e.line, e.key.as_str()), (39, "quorum.two_node"));
+    assert!(
+        e.message.contains("exactly 2") && e.message.contains("4"),
+        "{e}"
+    );
+    let e = parse_err(&udp("").replace("}\n}\n", "}\n}\nquorum {\n two_node: on\n}\n"));
+    assert_eq!((e.line, e.key.as_str()), (10, "quorum.two_node"));
+    assert!(e.message.contains("expected_votes: 2"), "{e}");
+}
+
+#[test]
+fn expected_votes_below_the_nodelist_is_a_warning() {
+    let (config, warnings) = parse(&three(&format!(
+        "{NODELIST}quorum {{\n expected_votes: 2\n}}\n"
+    )));
+    assert_eq!(config.expected_votes(), Some(2));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        (warnings[0].line, warnings[0].key.as_str()),
+        (39, "quorum.expected_votes")
+    );
+}
+
+#[test]
+fn nodelist_and_quorum_errors_name_file_line_and_key() {
+    let node = |body: &str| three(&format!("nodelist {{\n node {{\n{body}\n }}\n}}\n"));
+    let cases: Vec<(String, u32, &str, &str)> = vec![
+        (node("  nodeid: 0"), 24, "nodelist.node.nodeid", "must not be 0"),
+        (node("  nodeid: x"), 24, "nodelist.node.nodeid", "not a whole number"),
+        (node("  name: alpha"), 23, "nodelist.node.nodeid", "missing"),
+        (node("  ring0_addr: fd00::1"), 23, "nodelist.node.nodeid", "missing"),
+        (node("  ring0_addr: host"), 24, "nodelist.node.ring0_addr", "not an IP address"),
+        (node("  nodeid: 1\n  quorum_votes: 0"), 25, "nodelist.node.quorum_votes", "at least 1"),
+        (node("  nodeid: 1\n  quorum_votes: 65536"), 25, "nodelist.node.quorum_votes", "out of range"),
+        (node("  nodeid: 1\n  name: two words"), 25, "nodelist.node.name", "single word"),
+        (
+            three("nodelist {\n node {\n  nodeid: 1\n }\n node {\n  nodeid: 1\n }\n}\n"),
+            27,
+            "nodelist.node.nodeid",
+            "already the node on line 23",
+        ),
+        (
+            three("nodelist {\n node {\n  nodeid: 167772161\n }\n node {\n  ring0_addr: 10.0.0.1\n }\n}\n"),
+            26,
+            "nodelist.node.nodeid",
+            "derived from ring0_addr 10.0.0.1",
+        ),
+        (
+            three("nodelist {\n node {\n  nodeid: 1\n  name: a\n }\n node {\n  nodeid: 2\n  name: a\n }\n}\n"),
+            29,
+            "nodelist.node.name",
+            "already the name",
+        ),
+        (
+            three("nodelist {\n node {\n  nodeid: 1\n  ring0_addr: 10.0.0.1\n }\n node {\n  nodeid: 2\n  ring0_addr: 10.0.0.1\n }\n}\n"),
+            29,
+            "nodelist.node.ring0_addr",
+            "already the address",
+        ),
+        (three("nodelist {\n}\n"), 22, "nodelist.node", "missing"),
+        (
+            three("nodelist {\n node {\n  nodeid: 1\n }\n}\nnodelist {\n node {\n  nodeid: 2\n }\n}\n"),
+            27,
+            "nodelist",
+            "written twice",
+        ),
+        (three("quorum {\n expected_votes: 0\n}\n"), 23, "quorum.expected_votes", "at least 1"),
+        (three("quorum {\n votes: 0\n}\n"), 23, "quorum.votes", "at least 1"),
+        (three("quorum {\n two_node: maybe\n}\n"), 23, "quorum.two_node", "not a boolean"),
+        (three("quorum {\n}\nquorum {\n}\n"), 24, "quorum", "written twice"),
+    ];
+    for (text, line, key, message) in cases {
+        let e = parse_err(&text);
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_str()),
+            ("test.conf", line, key),
+            "{e}\n{text}"
+        );
+        assert!(e.message.contains(message), "{e} (wanted {message:?})");
+    }
+}
+
+#[test]
+fn unknown_nodelist_and_quorum_keys_are_warnings() {
+    let (_, warnings) = parse(&three(
+        "nodelist {\n ring1_addr: x\n node {\n  nodeid: 1\n  ring1_addr: 10.1.0.1\n }\n}\nquorum {\n provider: corosync_votequorum\n}\n",
+    ));
+    let keys: Vec<(&str, u32)> = warnings.iter().map(|w| (w.key.as_str(), w.line)).collect();
+    assert!(keys.contains(&("nodelist.ring1_addr", 23)), "{keys:?}");
+    assert!(keys.contains(&("nodelist.node.ring1_addr", 26)), "{keys:?}");
+    assert!(keys.contains(&("quorum.provider", 30)), "{keys:?}");
+}
+
+#[test]
+fn example_documents_nodelist_and_quorum() {
+    let (config, warnings) = parse_str(EXAMPLE, "openais.conf.example").expect("parses");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.nodelist.len(), 3);
+    assert_eq!(config.nodelist[0].name.as_deref(), Some("node1"));
+    assert_eq!(config.local_nodeid(ip("127.0.0.1")), Ok(1));
+    assert_eq!(config.expected_votes(), Some(3));
+    for key in [
+        "nodeid",
+        "name",
+        "ring0_addr",
+        "quorum_votes",
+        "expected_votes",
+        "two_node",
+        "votes",
+    ] {
+        assert!(
+            EXAMPLE.contains(&format!("{key}:")),
+            "{key} is not documented"
+        );
+    }
+}
