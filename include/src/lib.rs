@@ -12,6 +12,7 @@ pub mod codec;
 pub mod cpg;
 mod error;
 pub mod ipc;
+pub mod memb;
 mod types;
 
 pub use codec::{Decode, DecodeError, Encode};

@@ -22,6 +22,8 @@ impl ServiceId {
     pub const EVT: ServiceId = ServiceId(5);
     /// Operator queries (`aisctl`).
     pub const ADMIN: ServiceId = ServiceId(6);
+    /// The membership event stream (OCF cluster event draft).
+    pub const MEMB: ServiceId = ServiceId(7);
 }
 
 impl fmt::Display for ServiceId {

@@ -1,0 +1,358 @@
+//! The membership event stream's replicated decision, without IO or service plumbing:
+//! given what every member of a new regular configuration announced in its sync round
+//! and whether the configuration is quorate, what each node's stream says next.
+//!
+//! The rules (the OCF cluster event draft's membership semantics):
+//!
+//! - A *primary* membership is a quorate configuration. Each gets `m_sequence` one above
+//!   the highest any of its members knew, so sequences are identical on every member and
+//!   a node that stays primary sees them without gaps. Each member carries `born_on`, the
+//!   sequence of the primary membership in which it became a member; lists are ordered
+//!   oldest first (`born_on`, then node id), the same on every node.
+//! - A node whose partition loses quorum is told `NotPrimary` (its sequence unchanged).
+//! - If the exact membership of the last primary returns and nobody formed a newer one,
+//!   its members are told `PrimaryRestored` with the same sequence (nothing changed).
+//! - A node that learns of a primary membership that formed without it (an announced
+//!   sequence above its own, while it had one) is told `Evicted`, and its stream ends.
+//!
+//! Every member decides from the same announcements and the same quorum verdict, so they
+//! all reach the same state; only what each tells its own subscribers differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use totem::NodeId;
+
+/// A member of a primary membership and when it became one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Born {
+    pub node: NodeId,
+    pub born_on: u32,
+}
+
+/// What a node knows of the membership history: its sync announcement, and its state.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct History {
+    /// The last primary membership's sequence this node took part in (0: none yet).
+    pub seq: u32,
+    /// Whether this node is in that primary membership now.
+    pub primary: bool,
+    /// That membership, oldest first.
+    pub members: Vec<Born>,
+}
+
+/// What a node's stream says about a new configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    NewMembership {
+        seq: u32,
+        members: Vec<Born>,
+        joined: Vec<Born>,
+        left: Vec<Born>,
+    },
+    NotPrimary {
+        seq: u32,
+        members: Vec<Born>,
+    },
+    PrimaryRestored {
+        seq: u32,
+        members: Vec<Born>,
+    },
+    /// The stream ends after this one.
+    Evicted,
+}
+
+/// Oldest first; ties by node id.
+fn sort_oldest_first(v: &mut [Born]) {
+    v.sort_by_key(|b| (b.born_on, b.node));
+}
+
+/// The decision for `me`, a member of a new regular configuration of `members`, from
+/// every member's announcement (`announced`; a member that announced nothing counts as
+/// a node with no history). Returns `me`'s new state and the events for its subscribers,
+/// in order.
+pub fn decide(
+    me: NodeId,
+    members: &BTreeSet<NodeId>,
+    announced: &BTreeMap<NodeId, History>,
+    quorate: bool,
+) -> (History, Vec<Event>) {
+    let empty = History::default();
+    let mine = announced.get(&me).unwrap_or(&empty);
+    // The newest primary membership any member took part in: identical for all of its
+    // members, since a sequence number names one primary membership.
+    let newest = members
+        .iter()
+        .filter_map(|n| announced.get(n))
+        .max_by_key(|h| h.seq)
+        .unwrap_or(&empty);
+    let mut events = Vec::new();
+    let evicted = mine.seq > 0 && mine.seq < newest.seq;
+    if evicted {
+        events.push(Event::Evicted);
+    }
+    // Nodes adopt the newest history they heard of, so that an evicted node is not
+    // evicted again for the same primary membership, and a new one starts from it.
+    let base = if evicted { newest } else { mine };
+
+    if !quorate {
+        if base.primary && !evicted {
+            events.push(Event::NotPrimary {
+                seq: base.seq,
+                members: base.members.clone(),
+            });
+        }
+        let state = History {
+            seq: base.seq,
+            primary: false,
+            members: base.members.clone(),
+        };
+        return (state, events);
+    }
+
+    let last: BTreeSet<NodeId> = newest.members.iter().map(|b| b.node).collect();
+    if newest.seq > 0 && &last == members {
+        // The last primary membership again, with nobody newer: nothing changed for
+        // those who stayed in it; those who had lost it have it back.
+        if !mine.primary && !evicted {
+            events.push(Event::PrimaryRestored {
+                seq: newest.seq,
+                members: newest.members.clone(),
+            });
+        }
+        let state = History {
+            seq: newest.seq,
+            primary: true,
+            members: newest.members.clone(),
+        };
+        return (state, events);
+    }
+
+    let seq = newest.seq + 1;
+    let born: BTreeMap<NodeId, u32> = newest.members.iter().map(|b| (b.node, b.born_on)).collect();
+    let mut now: Vec<Born> = members
+        .iter()
+        .map(|&node| Born {
+            node,
+            born_on: born.get(&node).copied().unwrap_or(seq),
+        })
+        .collect();
+    sort_oldest_first(&mut now);
+    let joined: Vec<Born> = now
+        .iter()
+        .filter(|b| !last.contains(&b.node))
+        .copied()
+        .collect();
+    let left: Vec<Born> = newest
+        .members
+        .iter()
+        .filter(|b| !members.contains(&b.node))
+        .copied()
+        .collect();
+    if !evicted {
+        events.push(Event::NewMembership {
+            seq,
+            members: now.clone(),
+            joined,
+            left,
+        });
+    }
+    let state = History {
+        seq,
+        primary: true,
+        members: now,
+    };
+    (state, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u32]) -> BTreeSet<NodeId> {
+        ids.iter().map(|&i| NodeId(i)).collect()
+    }
+
+    /// A cluster of nodes, each with its history; `step` runs one configuration per
+    /// partition the way every member would, and returns each node's events.
+    #[derive(Default)]
+    struct Nodes {
+        state: BTreeMap<NodeId, History>,
+    }
+
+    impl Nodes {
+        fn step(&mut self, partition: &[u32], quorate: bool) -> BTreeMap<u32, Vec<Event>> {
+            let members = set(partition);
+            let announced: BTreeMap<NodeId, History> = members
+                .iter()
+                .map(|n| (*n, self.state.get(n).cloned().unwrap_or_default()))
+                .collect();
+            let mut out = BTreeMap::new();
+            let mut states = Vec::new();
+            for &n in &members {
+                let (s, ev) = decide(n, &members, &announced, quorate);
+                states.push((n, s));
+                out.insert(n.0, ev);
+            }
+            // Every member of the partition reaches the same state but for nothing.
+            for w in states.windows(2) {
+                assert_eq!(w[0].1, w[1].1, "members of one partition disagree");
+            }
+            for (n, s) in states {
+                self.state.insert(n, s);
+            }
+            out
+        }
+    }
+
+    fn b(node: u32, born_on: u32) -> Born {
+        Born {
+            node: NodeId(node),
+            born_on,
+        }
+    }
+
+    #[test]
+    fn first_membership_has_sequence_one_and_grows_by_one() {
+        let mut c = Nodes::default();
+        let ev = c.step(&[1, 2, 3], true);
+        for e in ev.values() {
+            assert_eq!(
+                e,
+                &vec![Event::NewMembership {
+                    seq: 1,
+                    members: vec![b(1, 1), b(2, 1), b(3, 1)],
+                    joined: vec![b(1, 1), b(2, 1), b(3, 1)],
+                    left: vec![],
+                }]
+            );
+        }
+        let ev = c.step(&[1, 2, 3, 4], true);
+        assert_eq!(
+            ev[&4],
+            vec![Event::NewMembership {
+                seq: 2,
+                members: vec![b(1, 1), b(2, 1), b(3, 1), b(4, 2)],
+                joined: vec![b(4, 2)],
+                left: vec![],
+            }]
+        );
+        assert_eq!(ev[&1], ev[&4], "every member sees the same event");
+    }
+
+    #[test]
+    fn oldest_first_order_survives_joins_and_leaves() {
+        let mut c = Nodes::default();
+        c.step(&[5], true);
+        c.step(&[2, 5], true);
+        c.step(&[1, 2, 5], true);
+        let ev = c.step(&[1, 5], true);
+        assert_eq!(
+            ev[&1],
+            vec![Event::NewMembership {
+                seq: 4,
+                members: vec![b(5, 1), b(1, 3)],
+                joined: vec![],
+                left: vec![b(2, 2)],
+            }]
+        );
+    }
+
+    #[test]
+    fn minority_is_told_not_primary_and_majority_moves_on() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        let alone = c.step(&[1], false);
+        let pair = c.step(&[2, 3], true);
+        assert_eq!(
+            alone[&1],
+            vec![Event::NotPrimary {
+                seq: 1,
+                members: vec![b(1, 1), b(2, 1), b(3, 1)],
+            }]
+        );
+        assert_eq!(
+            pair[&2],
+            vec![Event::NewMembership {
+                seq: 2,
+                members: vec![b(2, 1), b(3, 1)],
+                joined: vec![],
+                left: vec![b(1, 1)],
+            }]
+        );
+        // Healing: node 1 learns that a primary membership formed without it.
+        let healed = c.step(&[1, 2, 3], true);
+        assert_eq!(healed[&1], vec![Event::Evicted]);
+        assert_eq!(
+            healed[&2],
+            vec![Event::NewMembership {
+                seq: 3,
+                members: vec![b(2, 1), b(3, 1), b(1, 3)],
+                joined: vec![b(1, 3)],
+                left: vec![],
+            }]
+        );
+        // The evicted node's state follows the cluster's, so a new subscriber there sees
+        // the membership everyone else sees.
+        assert_eq!(c.state[&NodeId(1)], c.state[&NodeId(2)]);
+    }
+
+    #[test]
+    fn the_same_membership_returning_restores_the_primary() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        for n in [1, 2, 3] {
+            let ev = c.step(&[n], false);
+            assert!(matches!(ev[&n][..], [Event::NotPrimary { seq: 1, .. }]));
+        }
+        let ev = c.step(&[1, 2, 3], true);
+        for n in [1, 2, 3] {
+            assert_eq!(
+                ev[&n],
+                vec![Event::PrimaryRestored {
+                    seq: 1,
+                    members: vec![b(1, 1), b(2, 1), b(3, 1)],
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn a_ring_that_reforms_with_the_same_members_says_nothing() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2], true);
+        let ev = c.step(&[1, 2], true);
+        assert!(ev.values().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn not_primary_is_said_once() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        c.step(&[1], false);
+        let again = c.step(&[1], false);
+        assert!(again[&1].is_empty());
+    }
+
+    #[test]
+    fn a_restarted_node_is_new_not_evicted() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        c.step(&[1, 2], true);
+        c.state.remove(&NodeId(3)); // restarted: no history
+        let ev = c.step(&[1, 2, 3], true);
+        assert!(matches!(ev[&3][..], [Event::NewMembership { seq: 3, .. }]));
+    }
+
+    #[test]
+    fn a_minority_merging_with_a_stale_node_evicts_the_stale_one() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        c.step(&[1], false);
+        c.step(&[2, 3], true); // seq 2 without 1
+        c.step(&[2], false);
+        let ev = c.step(&[1, 2], false);
+        assert_eq!(ev[&1], vec![Event::Evicted]);
+        assert!(ev[&2].is_empty(), "node 2 was already told NotPrimary");
+        assert_eq!(c.state[&NodeId(1)].seq, 2);
+    }
+}
