@@ -21,6 +21,7 @@ pub mod conn;
 pub mod cpg;
 pub mod dispatch;
 pub mod handle;
+pub mod memb;
 
 pub use ais_proto::{SaError, SaVersion, ServiceId};
 pub use conn::{default_socket_path, socket_path, Connection};
