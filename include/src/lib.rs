@@ -3,10 +3,11 @@
 //! Everything a client library and the executive must agree on lives here and only here:
 //! SA Forum error codes and versions ([`SaError`], [`SaVersion`]), names ([`SaName`]),
 //! service and message identifiers, the IPC frame layout ([`ipc`]) and each service's
-//! requests, responses and callbacks ([`cpg`], ...). Every message type implements
+//! requests, responses and callbacks ([`cpg`], [`clm`], ...). Every message type implements
 //! [`Encode`] and [`Decode`]; decoding is total (any bytes give `Ok` or `Err`) and checks
 //! every length against a constant bound before allocating.
 
+pub mod clm;
 pub mod codec;
 pub mod cpg;
 mod error;
