@@ -145,7 +145,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let srp = Srp::new(params, me, runtime.load_ring_seq(), Instant(0));
     let mut registry = Registry::new(me);
-    ais_services::register_all(&mut registry);
+    ais_services::register_all(&mut registry, &services_config(me, iface.bindnetaddr));
 
     let access = resolve_access(&cfg);
     let grant_others = !access.uids.is_empty() || !access.gids.is_empty();
@@ -170,6 +170,22 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .run()
     .map_err(|e| format!("event loop: {e}"))
+}
+
+/// CLM's record of this node: the host name (`node<id>` when it cannot be read), the
+/// Totem bind address, and the wall clock now as the boot time.
+fn services_config(me: NodeId, address: std::net::IpAddr) -> ais_services::ServicesConfig {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node{}", me.0));
+    let boot_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    ais_services::ServicesConfig {
+        local: ais_services::LocalNode::new(&name, address, boot_time_ns),
+    }
 }
 
 /// `aisexec { user; group }` name the account the executive runs as. It does not switch
