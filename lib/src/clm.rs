@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ais_proto::clm::{
-    cb, req, track, NodeGetAsyncReq, NodeGetCb, NodeGetReq, NodeGetRes, TrackCb, TrackReq,
-    TrackRes,
+    cb, req, track, NodeGetAsyncReq, NodeGetCb, NodeGetReq, NodeGetRes, TrackCb, TrackReq, TrackRes,
 };
 use ais_proto::ipc::{ResponseFrame, CALLBACK_FLAG};
 use ais_proto::{codec, Decode, Encode, SaError, SaVersion, ServiceId};
