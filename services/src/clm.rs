@@ -8,17 +8,22 @@
 //! CLM: at the same point of the agreed order on every member, so every member installs
 //! the same view (members = the ring's members) with the same number. In its sync round
 //! each node multicasts one `ANNOUNCE` (tagged with the ring) carrying its own record
-//! and a *view floor*; at activation every member has received every member's
-//! announcement (the barrier follows it), and the new view number is
-//! `max(floors) + 1`: identical on every member because it is computed from the same
-//! messages. A node's floor is the highest of its own view number and of `floor + 1`
-//! over every announcement of its current ring it was delivered, even after the round
-//! was aborted. So in a steady cluster the number grows by exactly one per regular
-//! configuration; a node that saw a round complete elsewhere without completing it
-//! itself (a partition in the middle of the round) still never reuses the number the
-//! others installed. Two partitions formed at the same moment from one view cannot talk
-//! to each other, so each installs `old + 1` over a different member list; no node is
-//! in both.
+//! and a *view floor*, and lets its barrier go only once it has been delivered every
+//! member's announcement. At activation the new view number is `max(floors) + 1`:
+//! identical on every member because it is computed from the same messages.
+//!
+//! A node's floor is the highest of its own view number and of `floor + 1` over every
+//! announcement of its current ring it was delivered (kept even when the round is
+//! aborted). In a steady cluster the number therefore grows by exactly one per regular
+//! configuration. When a round completes on some members only (the ring broke while the
+//! last barriers were in flight), the others still hold every announcement, since they
+//! sent their barriers after receiving them all, so their floor is at least the number
+//! installed and they never install it again for a different membership: two views
+//! with the same number and a common member (the same incarnation of a node) are the
+//! same view. Two partitions cut at once from one view each install `old + 1`; they
+//! cannot talk, so no numbering that grows by one could tell them apart, but no node is
+//! in both. A restarted node starts from 0 and takes the cluster's numbers on its first
+//! merge.
 //!
 //! # Node records
 //!
@@ -191,6 +196,8 @@ pub struct Clm {
     round: Option<RingId>,
     /// This round's announcements, per sender.
     announces: BTreeMap<u32, AnnounceMsg>,
+    /// This node's announcement of the round is multicast.
+    announced: bool,
     /// Local connections, and the change flag each tracking one asked for.
     conns: BTreeSet<ConnId>,
     trackers: BTreeMap<ConnId, u8>,
@@ -211,6 +218,7 @@ impl Clm {
             my_initial_view: 0,
             round: None,
             announces: BTreeMap::new(),
+            announced: false,
             conns: BTreeSet::new(),
             trackers: BTreeMap::new(),
             parked: BTreeMap::new(),
@@ -656,26 +664,46 @@ impl Service for Clm {
 
     fn sync_init(&mut self, api: &mut Api) {
         self.round = api.ring_id();
+        self.announced = false;
         self.announces.clear();
     }
 
-    /// Announces this node's record and floor, once.
+    /// Announces this node's record and floor once, then says `Done` (and so lets the
+    /// framework send this node's barrier) only when every member's announcement of
+    /// this round has been delivered here. A member's barrier thus tells the others that
+    /// it knows every floor: whoever installs the view, every member has raised its own
+    /// floor to the view's number, and no member reuses that number in a later ring.
+    /// Answering `Continue` without multicasting is live: the missing announcements are
+    /// on their way, and each delivery calls this again.
     fn sync_process(&mut self, api: &mut Api) -> SyncProgress {
         let Some(ring) = self.round else {
             return SyncProgress::Done;
         };
-        let msg = AnnounceMsg {
-            ring,
-            floor: self.view_number.max(self.seen_floor),
-            initial_view: self.my_initial_view,
-            boot_time_ns: self.local.boot_time_ns,
-            address: self.local.address.clone(),
-            name: self.local.name.clone(),
-        };
-        if let Err(e) = api.mcast_msg(exec::ANNOUNCE, &msg) {
-            warn!(target: "clm", "announcement not sent: {e}");
+        if !self.announced {
+            self.announced = true;
+            let msg = AnnounceMsg {
+                ring,
+                floor: self.view_number.max(self.seen_floor),
+                initial_view: self.my_initial_view,
+                boot_time_ns: self.local.boot_time_ns,
+                address: self.local.address.clone(),
+                name: self.local.name.clone(),
+            };
+            if let Err(e) = api.mcast_msg(exec::ANNOUNCE, &msg) {
+                warn!(target: "clm", "announcement not sent: {e}");
+                return SyncProgress::Done;
+            }
+            return SyncProgress::Continue;
         }
-        SyncProgress::Done
+        if api
+            .members()
+            .iter()
+            .all(|m| self.announces.contains_key(&m.0))
+        {
+            SyncProgress::Done
+        } else {
+            SyncProgress::Continue
+        }
     }
 
     fn sync_activate(&mut self, api: &mut Api) {
