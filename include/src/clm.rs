@@ -9,8 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{
-    get_bool, get_count, get_u16, get_u32, get_u64, get_u8, put_count, Decode, DecodeError,
-    Encode,
+    get_bool, get_count, get_u16, get_u32, get_u64, get_u8, put_count, Decode, DecodeError, Encode,
 };
 use crate::{SaError, SaName};
 
@@ -134,10 +133,10 @@ impl NodeAddress {
         match self.family {
             AddressFamily::Inet => <[u8; 4]>::try_from(&self.value[..])
                 .ok()
-                .map(|b| std::net::IpAddr::from(b)),
+                .map(std::net::IpAddr::from),
             AddressFamily::Inet6 => <[u8; 16]>::try_from(&self.value[..])
                 .ok()
-                .map(|b| std::net::IpAddr::from(b)),
+                .map(std::net::IpAddr::from),
         }
     }
 }

@@ -88,8 +88,10 @@ impl LocalNode {
     pub fn new(name: &str, address: IpAddr, boot_time_ns: u64) -> LocalNode {
         let mut bytes = name.as_bytes().to_vec();
         bytes.truncate(ais_proto::SA_MAX_NAME_LENGTH);
+        // Cut to SA_MAX_NAME_LENGTH just above, which is all `SaName::new` checks.
+        let name = SaName::new(bytes).expect("a name cut to SA_MAX_NAME_LENGTH is valid");
         LocalNode {
-            name: SaName::new(bytes).unwrap_or_else(|_| SaName::new(Bytes::new()).expect("empty")),
+            name,
             address: NodeAddress::from_ip(address),
             boot_time_ns,
         }

@@ -23,7 +23,7 @@
 //! being that view. Totem's own EVS checker stays silent.
 //!
 //! A failure prints the seed; `CLM_SIM_SEED=<seed>` replays just that seed,
-//! `CLM_SIM_SEEDS=<n>` runs another number of seeds (default 1000, on up to two threads).
+//! `CLM_SIM_SEEDS=<n>` runs another number of seeds (default 3000, on up to two threads).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -596,7 +596,7 @@ fn seeds() -> Vec<u64> {
     let n = std::env::var("CLM_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000u64);
+        .unwrap_or(3000u64);
     (1..=n).collect()
 }
 
