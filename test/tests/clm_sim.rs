@@ -1,6 +1,6 @@
 //! CLM on the deterministic simulator: every node runs the real Totem (the `ais-test`
 //! [`Cluster`]) and a [`Registry`] with every service (`register_all`), driven the way
-//! the daemon drives it, with a tracking client (`CHANGES`) per node. The network loses,
+//! the daemon drives it, with two tracking clients (`CHANGES`, `CHANGES_ONLY`) per node. The network loses,
 //! duplicates and delays frames; nodes crash and restart; the cluster splits and merges,
 //! many times in quick succession, so that configurations change in the middle of sync
 //! rounds. One seed decides all of it.
@@ -16,7 +16,8 @@
 //!   talk, so no numbering that grows by one could tell them apart; no node is in both.)
 //! - **callbacks tell the truth**: the tracking client's callback carries the installed
 //!   number and members, every member once, the nodes that left, each with the change
-//!   relative to the node's previous view;
+//!   relative to the node's previous view; the `CHANGES_ONLY` tracker gets exactly the
+//!   changed nodes of each of those callbacks (none when nothing changed);
 //!
 //! and after healing: every node in one view with the same number, members and records
 //! (names and boot times of the current incarnations), each tracker's last callback
@@ -38,8 +39,12 @@ use totem::{Event, Instant, NodeId, RingId};
 
 /// Salt so the scenario's stream differs from the network's.
 const SCENARIO_SALT: u64 = 0x636c_6d73_696d_0001;
-/// The connection id of every node's tracking client.
-const TRACKER: ConnId = ConnId(1);
+/// Every node's two tracking clients: connection id and track flag. Index 0 tracks
+/// `CHANGES`, index 1 `CHANGES_ONLY`.
+const TRACKERS: [(ConnId, u8); 2] = [
+    (ConnId(1), track::CHANGES),
+    (ConnId(2), track::CHANGES_ONLY),
+];
 
 fn ms(t: u64) -> Instant {
     Instant::from_millis(t)
@@ -67,13 +72,13 @@ struct SimNode {
     cursor: usize,
     /// Multicasts Totem did not accept yet.
     pending: VecDeque<Bytes>,
-    tracking: bool,
-    waiting: bool,
+    tracking: [bool; 2],
+    waiting: [bool; 2],
     views_seen: u64,
     /// Installed (number, members) in order, for the callback checks.
     installs: Vec<(u64, Vec<u32>)>,
-    /// The tracker's callbacks, in order.
-    callbacks: Vec<TrackCb>,
+    /// Each tracker's callbacks, in order.
+    callbacks: [Vec<TrackCb>; 2],
 }
 
 struct Sim {
@@ -143,22 +148,24 @@ impl Sim {
                 boot,
             );
             ais_services::register_all(&mut registry, &ServicesConfig { local });
-            if registry
-                .lib_connect(TRACKER, ServiceId::CLM, ConnInfo::default())
-                .is_err()
-            {
-                self.fail(format!("node {n}: tracker cannot connect"));
+            for (conn, _) in TRACKERS {
+                if registry
+                    .lib_connect(conn, ServiceId::CLM, ConnInfo::default())
+                    .is_err()
+                {
+                    self.fail(format!("node {n}: tracker cannot connect"));
+                }
             }
             self.nodes[i] = Some(SimNode {
                 inc,
                 registry,
                 cursor: 0,
                 pending: VecDeque::new(),
-                tracking: false,
-                waiting: false,
+                tracking: [false; 2],
+                waiting: [false; 2],
                 views_seen: 0,
                 installs: Vec::new(),
-                callbacks: Vec::new(),
+                callbacks: [Vec::new(), Vec::new()],
             });
         }
         let events: Vec<Event> = {
@@ -234,14 +241,15 @@ impl Sim {
         match e {
             Effect::Mcast { msg, .. } => node.pending.push_back(msg),
             Effect::Response {
-                conn: TRACKER,
+                conn,
                 id: req::TRACK_START,
                 error,
                 ..
-            } => {
-                node.waiting = false;
+            } if TRACKERS.iter().any(|t| t.0 == conn) => {
+                let k = usize::from(conn == TRACKERS[1].0);
+                node.waiting[k] = false;
                 match error {
-                    SaError::Ok => node.tracking = true,
+                    SaError::Ok => node.tracking[k] = true,
                     SaError::TryAgain => {}
                     e => {
                         let what = format!("node {n}: TRACK_START answered {e}");
@@ -250,16 +258,19 @@ impl Sim {
                 }
             }
             Effect::Dispatch {
-                conn: TRACKER,
+                conn,
                 id: cb::TRACK,
                 body,
-            } => match TrackCb::decode_exact(body) {
-                Ok(t) => node.callbacks.push(t),
-                Err(e) => {
-                    let what = format!("node {n}: undecodable track callback: {e}");
-                    self.fail(what);
+            } if TRACKERS.iter().any(|t| t.0 == conn) => {
+                let k = usize::from(conn == TRACKERS[1].0);
+                match TrackCb::decode_exact(body) {
+                    Ok(t) => node.callbacks[k].push(t),
+                    Err(e) => {
+                        let what = format!("node {n}: undecodable track callback: {e}");
+                        self.fail(what);
+                    }
                 }
-            },
+            }
             other => {
                 let what = format!("node {n}: unexpected effect {other:?}");
                 self.fail(what);
@@ -267,22 +278,25 @@ impl Sim {
         }
     }
 
-    /// The tracking client asks to track until it is tracking.
+    /// The tracking clients ask to track until they are tracking. Both ask at the same
+    /// moment, so they start at the same view.
     fn tracker_act(&mut self, n: u32) {
         let now = self.c.now();
-        let node = self.nodes[n as usize - 1].as_mut().expect("up");
-        if node.tracking || node.waiting {
-            return;
+        for (k, (conn, flags)) in TRACKERS.into_iter().enumerate() {
+            let node = self.nodes[n as usize - 1].as_mut().expect("up");
+            if node.tracking[k] || node.waiting[k] {
+                continue;
+            }
+            node.waiting[k] = true;
+            let body = TrackReq {
+                flags,
+                max_items: None,
+            }
+            .to_bytes();
+            node.registry
+                .lib_request(now, conn, req::TRACK_START, body, 1);
+            self.after_input(n);
         }
-        node.waiting = true;
-        let body = TrackReq {
-            flags: track::CHANGES,
-            max_items: None,
-        }
-        .to_bytes();
-        node.registry
-            .lib_request(now, TRACKER, req::TRACK_START, body, 1);
-        self.after_input(n);
     }
 
     /// Hands node `n`'s held multicasts to Totem while it takes them.
@@ -328,7 +342,7 @@ impl Sim {
                     s.registry.is_synced()
                         && s.registry.ring_id() == self.c.srp(n).map(|x| x.ring_id())
                         && s.pending.is_empty()
-                        && s.tracking
+                        && s.tracking.iter().all(|&t| t)
                 })
             })
     }
@@ -474,7 +488,26 @@ impl Sim {
         for (n, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
             let n = n as u32 + 1;
-            for t in &node.callbacks {
+            // CHANGES_ONLY: the CHANGES callbacks less their unchanged nodes, none when
+            // nothing changed.
+            let only: Vec<TrackCb> = node.callbacks[0]
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t.view
+                        .notifications
+                        .retain(|x| x.change != ClusterChange::NoChange);
+                    t
+                })
+                .filter(|t| !t.view.notifications.is_empty())
+                .collect();
+            if only != node.callbacks[1] {
+                return Err(format!(
+                    "node {n}: CHANGES_ONLY callbacks {:?} are not the changes of the CHANGES callbacks {:?}",
+                    node.callbacks[1], node.callbacks[0]
+                ));
+            }
+            for t in &node.callbacks[0] {
                 callbacks += 1;
                 let pos = node
                     .installs
@@ -548,7 +581,7 @@ impl Sim {
             {
                 return Err(format!("node {n}#{inc}: record {rec:?}"));
             }
-            match node.callbacks.last() {
+            match node.callbacks[0].last() {
                 Some(t) if t.view.view_number == view.view_number => {}
                 Some(t) if node.installs.first().map(|v| v.0) == Some(view.view_number) => {
                     let _ = t;
