@@ -9,14 +9,16 @@
 //! thread-safe table on every call, so a finalized handle gives `BadHandle`, never a
 //! dangling object. Every error is an SA Forum [`SaError`].
 //!
-//! Services: [`cpg`] (closed process groups); [`admin`] (operator queries, for `aisctl`). CLM, CKPT, EVT and AMF will follow the
-//! same shape: a `Connection`, a `Dispatcher` over the service's callbacks, and a
-//! `static HandleDb`.
+//! Services: [`cpg`] (closed process groups), [`clm`] (cluster membership), [`memb`]
+//! (the membership event stream), [`admin`] (operator queries, for `aisctl`). CKPT, EVT
+//! and AMF will follow the same shape: a `Connection`, a `Dispatcher` over the
+//! service's callbacks, and a `static HandleDb`.
 //!
 //! The executive's socket is `$AIS_SOCKET` when set, else the default runtime path
 //! ([`conn::default_socket_path`]).
 
 pub mod admin;
+pub mod clm;
 pub mod conn;
 pub mod cpg;
 pub mod dispatch;

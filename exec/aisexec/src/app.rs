@@ -153,8 +153,10 @@ pub fn run(opts: Options) -> Result<(), String> {
             policy.votes_of(me), if policy.two_node { ", two_node" } else { "" });
     }
     registry.set_quorum_policy(policy);
-    registry.set_node_names(status::node_names(&cfg, me));
-    ais_services::register_all(&mut registry);
+    let names = status::node_names(&cfg, me);
+    let name = names.get(&me).cloned();
+    registry.set_node_names(names);
+    ais_services::register_all(&mut registry, &services_config(me, name, iface.bindnetaddr));
 
     let access = resolve_access(&cfg);
     let grant_others = !access.uids.is_empty() || !access.gids.is_empty();
@@ -179,6 +181,24 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .run()
     .map_err(|e| format!("event loop: {e}"))
+}
+
+/// CLM's record of this node: the host name (`node<id>` when it cannot be read), the
+/// Totem bind address, and the wall clock now as the boot time.
+/// The local node's CLM record: its name from the nodelist, else the host name (both in
+/// `name`), else `node<id>`.
+fn services_config(
+    me: NodeId,
+    name: Option<String>,
+    address: std::net::IpAddr,
+) -> ais_services::ServicesConfig {
+    let name = name.unwrap_or_else(|| format!("node{}", me.0));
+    let boot_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    ais_services::ServicesConfig {
+        local: ais_services::LocalNode::new(&name, address, boot_time_ns),
+    }
 }
 
 /// `aisexec { user; group }` name the account the executive runs as. It does not switch

@@ -512,7 +512,16 @@ fn transitional(seq: u64, members: &[u32]) -> ConfChange {
 
 fn registry(n: u32) -> Registry {
     let mut r = Registry::new(NodeId(n));
-    crate::register_all(&mut r);
+    crate::register_all(
+        &mut r,
+        &crate::ServicesConfig {
+            local: crate::LocalNode::new(
+                "test",
+                std::net::Ipv4Addr::new(10, 0, 0, n as u8).into(),
+                1,
+            ),
+        },
+    );
     r
 }
 
