@@ -8,16 +8,10 @@
 
 use std::time::Duration;
 
-use ais_test::procs::{Client, Options, ProcCluster};
+use ais_test::procs::{field, Client, Options, ProcCluster};
 
 /// How long a client waits for what it expects before the test gives up.
 const CLIENT_WAIT: Duration = Duration::from_secs(15);
-
-/// The value of `key=` in a `KEY=VALUE ...` line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
 
 fn members(line: &str) -> Vec<u32> {
     field(line, "members")

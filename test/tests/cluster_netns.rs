@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ais_test::netns::Topology;
-use ais_test::procs::{Options, ProcCluster};
+use ais_test::procs::{field, Client, Options, ProcCluster};
 
 /// How long a partition or a merge may take to show in every node's configuration: token
 /// loss (1 s) + consensus (1.2 s) + joins and recovery, on a busy two-core machine.
@@ -95,4 +95,88 @@ fn twenty_percent_loss_still_delivers_everything_in_one_order() {
     // The ring survives the loss (or re-forms) and ends whole.
     c.wait_for_ring(&[1, 2, 3], RECONFIGURE)
         .unwrap_or_else(|e| panic!("after loss: {e}"));
+}
+
+/// Waits on `t` (from output line `from`) for an `EVENT` line of `kind`.
+fn wait_event(t: &Client, who: u32, from: usize, kind: &str) -> String {
+    t.wait_line_from(
+        from,
+        |l| l.starts_with("EVENT") && field(l, "kind") == Some(kind),
+        RECONFIGURE,
+    )
+    .unwrap_or_else(|| panic!("node {who} never said {kind}:\n{}", t.stdout_text()))
+    .text
+}
+
+/// Starts testmemb on node `i` and waits for a snapshot of a primary membership of all
+/// three (the first sync may still run when the ring shows in the log).
+fn subscribe(c: &ProcCluster, i: usize) -> (Client, String) {
+    for _ in 0..100 {
+        let t = c.client(i, "testmemb", &[]);
+        let s = t
+            .wait_line(|l| l.starts_with("SNAPSHOT"), RECONFIGURE)
+            .expect("a snapshot")
+            .text;
+        if field(&s, "primary") == Some("1")
+            && field(&s, "members").is_some_and(|m| m.split(',').count() == 3)
+        {
+            return (t, s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("node {i} never showed a primary membership of three");
+}
+
+fn sequence(line: &str) -> u32 {
+    field(line, "sequence")
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence")
+}
+
+#[test]
+fn partition_tells_the_minority_not_primary_and_healing_evicts_it() {
+    let Some(topo) = topology("partition_tells_the_minority_not_primary", 3, 43) else {
+        return;
+    };
+    let mut c = ProcCluster::start(
+        Options::new("nsmemb", 3)
+            .namespaces(topo.clone())
+            .nodelist(true),
+    );
+    let subs: Vec<(Client, String)> = (1..=3).map(|i| subscribe(&c, i)).collect();
+    let base = sequence(&subs[0].1);
+    assert!(subs.iter().all(|(_, s)| sequence(s) == base));
+
+    topo.isolate(&[1]).expect("cut node 1 off");
+    let one = wait_event(&subs[0].0, 1, 0, "NOT_PRIMARY");
+    let two = wait_event(&subs[1].0, 2, 0, "NEW_MEMBERSHIP");
+    let three = wait_event(&subs[2].0, 3, 0, "NEW_MEMBERSHIP");
+    eprintln!("partitioned: node 1: {one}\n  nodes 2, 3: {two}");
+    assert_eq!(sequence(&one), base, "NOT_PRIMARY keeps the sequence");
+    assert_eq!(two, three, "the primary side hears one story");
+    assert_eq!(sequence(&two), base + 1);
+    assert_eq!(field(&two, "left").map(|l| l.starts_with("1@")), Some(true));
+
+    let from: Vec<usize> = subs.iter().map(|(t, _)| t.stdout_len()).collect();
+    topo.heal().expect("heal");
+    c.wait_for_ring(&[1, 2, 3], RECONFIGURE)
+        .unwrap_or_else(|e| panic!("merge: {e}"));
+    let evicted = wait_event(&subs[0].0, 1, from[0], "EVICTED");
+    let two = wait_event(&subs[1].0, 2, from[1], "NEW_MEMBERSHIP");
+    let three = wait_event(&subs[2].0, 3, from[2], "NEW_MEMBERSHIP");
+    eprintln!("healed: node 1: {evicted}\n  nodes 2, 3: {two}");
+    assert_eq!(two, three);
+    assert_eq!(sequence(&two), base + 2);
+    assert_eq!(
+        field(&two, "joined").map(|j| j.starts_with("1@")),
+        Some(true)
+    );
+    // The evicted stream is over; a new subscriber on node 1 sees the one membership.
+    let (_, again) = subscribe(&c, 1);
+    assert_eq!(sequence(&again), base + 2, "{again}");
+    assert_eq!(field(&again, "members"), field(&two, "members"));
+    let mut subs = subs;
+    let first = subs.remove(0).0;
+    let out = first.finish(Duration::from_secs(5));
+    assert!(out.success(), "testmemb ends cleanly on eviction: {out}");
 }

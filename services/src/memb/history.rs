@@ -12,6 +12,8 @@
 //! - A node whose partition loses quorum is told `NotPrimary` (its sequence unchanged).
 //! - If the exact membership of the last primary returns and nobody formed a newer one,
 //!   its members are told `PrimaryRestored` with the same sequence (nothing changed).
+//! - A member that restarted (it announces an older history than the membership it was
+//!   in) is a new member: its old incarnation is listed as left, the new one as joined.
 //! - A node that learns of a primary membership that formed without it (an announced
 //!   sequence above its own, while it had one) is told `Evicted`, and its stream ends.
 //!
@@ -109,8 +111,22 @@ pub fn decide(
         return (state, events);
     }
 
-    let last: BTreeSet<NodeId> = newest.members.iter().map(|b| b.node).collect();
-    if newest.seq > 0 && &last == members {
+    // A member of the newest primary membership that announces an older history lost
+    // it: it restarted. Its old incarnation left and a new one joins.
+    let restarted: BTreeSet<NodeId> = newest
+        .members
+        .iter()
+        .map(|b| b.node)
+        .filter(|n| members.contains(n))
+        .filter(|n| announced.get(n).map_or(0, |h| h.seq) < newest.seq)
+        .collect();
+    let last: BTreeSet<NodeId> = newest
+        .members
+        .iter()
+        .map(|b| b.node)
+        .filter(|n| !restarted.contains(n))
+        .collect();
+    if newest.seq > 0 && restarted.is_empty() && &last == members {
         // The last primary membership again, with nobody newer: nothing changed for
         // those who stayed in it; those who had lost it have it back.
         if !mine.primary && !evicted {
@@ -128,7 +144,12 @@ pub fn decide(
     }
 
     let seq = newest.seq + 1;
-    let born: BTreeMap<NodeId, u32> = newest.members.iter().map(|b| (b.node, b.born_on)).collect();
+    let born: BTreeMap<NodeId, u32> = newest
+        .members
+        .iter()
+        .filter(|b| !restarted.contains(&b.node))
+        .map(|b| (b.node, b.born_on))
+        .collect();
     let mut now: Vec<Born> = members
         .iter()
         .map(|&node| Born {
@@ -145,7 +166,7 @@ pub fn decide(
     let left: Vec<Born> = newest
         .members
         .iter()
-        .filter(|b| !members.contains(&b.node))
+        .filter(|b| !members.contains(&b.node) || restarted.contains(&b.node))
         .copied()
         .collect();
     if !evicted {
@@ -341,6 +362,26 @@ mod tests {
         c.state.remove(&NodeId(3)); // restarted: no history
         let ev = c.step(&[1, 2, 3], true);
         assert!(matches!(ev[&3][..], [Event::NewMembership { seq: 3, .. }]));
+    }
+
+    #[test]
+    fn a_member_that_restarted_while_quorum_was_lost_left_and_joined_again() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true);
+        c.step(&[1, 2], true); // 3 crashed: seq 2
+        c.step(&[1], false); // 2 crashed: quorum lost
+        c.state.remove(&NodeId(2)); // 2 restarts with no history
+        let ev = c.step(&[1, 2], true);
+        assert_eq!(
+            ev[&1],
+            vec![Event::NewMembership {
+                seq: 3,
+                members: vec![b(1, 1), b(2, 3)],
+                joined: vec![b(2, 3)],
+                left: vec![b(2, 1)],
+            }]
+        );
+        assert_eq!(ev[&1], ev[&2]);
     }
 
     #[test]
