@@ -86,7 +86,8 @@ pub enum EventKind {
     NotPrimary = 2,
     /// The exact last primary membership is back, with its `sequence`.
     PrimaryRestored = 3,
-    /// A primary membership formed without this node: the stream ends.
+    /// A primary membership formed without this node (`sequence` names it): the stream
+    /// ends.
     Evicted = 4,
 }
 

@@ -6,13 +6,16 @@
 //! # Replicated state
 //!
 //! Each node keeps a [`History`]: the last primary membership it took part in (its
-//! sequence and members with `born_on`) and whether it is in it now. After every regular
+//! sequence, its Totem ring, and members with `born_on`) and whether it is in it now. After every regular
 //! configuration each member announces its history in the sync round; at activation
 //! every member runs [`history::decide`] on the same announcements with the same quorum
 //! verdict ([`Api::is_quorate`]), so all reach the same history and their subscribers
 //! hear the same events in the same order. The rules are in [`history`].
 //!
-//! The stream needs no messages outside sync: nothing but configurations changes it.
+//! A round's outcome is fixed once every member's announcement is in; a member applies
+//! it at activation, or when the round is aborted after that point (see
+//! [`Memb::decide_if_complete`]). The stream needs no messages outside sync: nothing but
+//! configurations changes it.
 
 mod history;
 
@@ -66,6 +69,12 @@ impl Encode for Announce {
         out.put_u32(self.ring.rep.0);
         out.put_u64(self.ring.seq);
         out.put_u32(self.history.seq);
+        let primary_ring = self.history.ring.unwrap_or(RingId {
+            rep: NodeId(0),
+            seq: 0,
+        });
+        out.put_u32(primary_ring.rep.0);
+        out.put_u64(primary_ring.seq);
         out.put_u8(u8::from(self.history.primary));
         put_members(out, &to_wire(&self.history.members));
     }
@@ -79,11 +88,25 @@ impl Decode for Announce {
             ring: RingId { rep, seq },
             history: History {
                 seq: get_u32(buf)?,
+                ring: {
+                    let rep = NodeId(get_u32(buf)?);
+                    let seq = get_u64(buf)?;
+                    // Node id 0 is never a node: no primary membership yet.
+                    (rep.0 != 0).then_some(RingId { rep, seq })
+                },
                 primary: get_bool(buf)?,
                 members: from_wire(&get_members(buf)?),
             },
         })
     }
+}
+
+/// A round's outcome, waiting to be applied.
+#[derive(Debug)]
+struct Decided {
+    ring: RingId,
+    history: History,
+    events: Vec<Event>,
 }
 
 /// The service: see the module documentation.
@@ -94,6 +117,11 @@ pub struct Memb {
     round: Option<(RingId, BTreeSet<NodeId>)>,
     /// Announcements of the running round.
     announced: BTreeMap<NodeId, History>,
+    /// Whether this node's announcement of the running round is out.
+    sent: bool,
+    /// The round's outcome, fixed once every member's announcement is in: see
+    /// [`Memb::decide_if_complete`].
+    decided: Option<Decided>,
     /// Local connections that subscribed.
     subscribers: BTreeSet<ConnId>,
 }
@@ -128,7 +156,7 @@ impl Memb {
         api.response(conn, req::STOP, error, Bytes::new());
     }
 
-    fn exec_announce(&mut self, _api: &mut Api, from: NodeId, body: Bytes) {
+    fn exec_announce(&mut self, api: &mut Api, from: NodeId, body: Bytes) {
         let msg = match Announce::decode_exact(body) {
             Ok(m) => m,
             Err(e) => {
@@ -142,8 +170,55 @@ impl Memb {
             .as_ref()
             .is_some_and(|(ring, _)| *ring == msg.ring)
         {
-            self.announced.insert(from, msg.history);
+            self.announced.entry(from).or_insert(msg.history);
+            self.decide_if_complete(api);
         }
+    }
+
+    /// Once every member's announcement is in, the outcome is fixed: every member that
+    /// holds them all computes the same one. A node sends its sync barrier only then, so
+    /// if any member activates the round, every member holds the outcome; one whose
+    /// round is aborted before activation (the ring broke while the last barriers were
+    /// in flight) applies it anyway, so that no member skips a primary membership that
+    /// others announced to their subscribers (and none numbers another one the same).
+    fn decide_if_complete(&mut self, api: &mut Api) {
+        let Some((ring, members)) = &self.round else {
+            return;
+        };
+        if self.decided.is_some() || !members.iter().all(|m| self.announced.contains_key(m)) {
+            return;
+        }
+        let quorate = api.is_quorate();
+        let (history, events) =
+            history::decide(api.node_id(), *ring, members, &self.announced, quorate);
+        self.decided = Some(Decided {
+            ring: *ring,
+            history,
+            events,
+        });
+    }
+
+    /// Makes a round's outcome this node's history and tells the subscribers.
+    fn apply(&mut self, api: &mut Api, decided: Decided, how: &str) {
+        let ring = decided.ring;
+        for ev in &decided.events {
+            match ev {
+                Event::NewMembership { seq, .. } => {
+                    info!(target: "memb", "ring {ring}: new primary membership {seq}{how}")
+                }
+                Event::NotPrimary { seq, .. } => {
+                    info!(target: "memb", "ring {ring}: not primary (last primary membership {seq}){how}")
+                }
+                Event::PrimaryRestored { seq, .. } => {
+                    info!(target: "memb", "ring {ring}: primary membership {seq} restored{how}")
+                }
+                Event::Evicted { seq } => {
+                    warn!(target: "memb", "ring {ring}: primary membership {seq} formed without this node: evicted{how}")
+                }
+            }
+        }
+        self.history = decided.history;
+        self.tell(api, &decided.events);
     }
 
     /// Tells every subscriber; an eviction ends their streams.
@@ -176,9 +251,9 @@ impl Memb {
                     joined: Vec::new(),
                     left: Vec::new(),
                 },
-                Event::Evicted => MembEvent {
+                Event::Evicted { seq } => MembEvent {
                     kind: EventKind::Evicted,
-                    sequence: self.history.seq,
+                    sequence: *seq,
                     members: Vec::new(),
                     joined: Vec::new(),
                     left: Vec::new(),
@@ -228,52 +303,55 @@ impl Service for Memb {
         if change.kind == ConfKind::Regular {
             self.round = Some((change.ring_id, change.members.iter().collect()));
             self.announced.clear();
+            self.sent = false;
+            self.decided = None;
         }
     }
 
+    /// Announces this node's history, then holds the barrier until every member's
+    /// announcement is in (see [`Memb::decide_if_complete`]).
     fn sync_process(&mut self, api: &mut Api) -> SyncProgress {
-        if let Some((ring, _)) = &self.round {
+        let Some((ring, _)) = &self.round else {
+            return SyncProgress::Done;
+        };
+        if !self.sent {
+            self.sent = true;
             let msg = Announce {
                 ring: *ring,
                 history: self.history.clone(),
             };
             if let Err(e) = api.mcast_msg(exec::ANNOUNCE, &msg) {
                 warn!(target: "memb", "announcement not sent: {e}");
+                return SyncProgress::Done;
             }
+            return SyncProgress::Continue;
         }
-        SyncProgress::Done
+        if self.decided.is_some() {
+            SyncProgress::Done
+        } else {
+            SyncProgress::Continue
+        }
     }
 
     fn sync_activate(&mut self, api: &mut Api) {
-        let Some((ring, members)) = self.round.take() else {
-            return;
-        };
-        let quorate = api.is_quorate();
-        let (history, events) = history::decide(api.node_id(), &members, &self.announced, quorate);
-        self.announced.clear();
-        for ev in &events {
-            match ev {
-                Event::NewMembership { seq, .. } => {
-                    info!(target: "memb", "ring {ring}: new primary membership {seq}")
-                }
-                Event::NotPrimary { seq, .. } => {
-                    info!(target: "memb", "ring {ring}: not primary (last primary membership {seq})")
-                }
-                Event::PrimaryRestored { seq, .. } => {
-                    info!(target: "memb", "ring {ring}: primary membership {seq} restored")
-                }
-                Event::Evicted => {
-                    warn!(target: "memb", "ring {ring}: a primary membership formed without this node: evicted")
-                }
-            }
-        }
-        self.history = history;
-        self.tell(api, &events);
-    }
-
-    fn sync_abort(&mut self, _api: &mut Api) {
+        self.decide_if_complete(api);
         self.round = None;
         self.announced.clear();
+        if let Some(decided) = self.decided.take() {
+            self.apply(api, decided, "");
+        }
+    }
+
+    fn sync_abort(&mut self, api: &mut Api) {
+        self.round = None;
+        self.announced.clear();
+        if let Some(decided) = self.decided.take() {
+            self.apply(
+                api,
+                decided,
+                " (sync aborted after every announcement was in)",
+            );
+        }
     }
 }
 

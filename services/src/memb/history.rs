@@ -4,9 +4,10 @@
 //!
 //! The rules (the OCF cluster event draft's membership semantics):
 //!
-//! - A *primary* membership is a quorate configuration. Each gets `m_sequence` one above
-//!   the highest any of its members knew, so sequences are identical on every member and
-//!   a node that stays primary sees them without gaps. Each member carries `born_on`, the
+//! - A *primary* membership is a quorate configuration. Primary memberships are ordered
+//!   by their Totem ring (see [`History::ring`]); each gets `m_sequence` one above the
+//!   newest one any of its members took part in, so sequences are identical on every
+//!   member and a node that stays primary sees them without gaps. Each member carries `born_on`, the
 //!   sequence of the primary membership in which it became a member; lists are ordered
 //!   oldest first (`born_on`, then node id), the same on every node.
 //! - A node whose partition loses quorum is told `NotPrimary` (its sequence unchanged).
@@ -14,15 +15,22 @@
 //!   its members are told `PrimaryRestored` with the same sequence (nothing changed).
 //! - A member that restarted (it announces an older history than the membership it was
 //!   in) is a new member: its old incarnation is listed as left, the new one as joined.
-//! - A node that learns of a primary membership that formed without it (an announced
-//!   sequence above its own, while it had one) is told `Evicted`, and its stream ends.
+//! - A node that learns of a primary membership that formed without it (a member
+//!   announces a newer one than its own, while it had one) is told `Evicted`, and its
+//!   stream ends.
+//!
+//! Histories live in memory. When every member of a primary membership restarts (or is
+//! cut off) and restarted nodes form the next one, they number it from 1 again: no
+//! member can tell them better. The ring order still evicts a node of the old lineage
+//! when it meets the new one, so no subscriber sees one number name two memberships; an
+//! evicted node's next subscription may see a number its ended one saw.
 //!
 //! Every member decides from the same announcements and the same quorum verdict, so they
 //! all reach the same state; only what each tells its own subscribers differs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use totem::NodeId;
+use totem::{NodeId, RingId};
 
 /// A member of a primary membership and when it became one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +44,11 @@ pub struct Born {
 pub struct History {
     /// The last primary membership's sequence this node took part in (0: none yet).
     pub seq: u32,
+    /// That membership's Totem ring. Ring sequence numbers survive restarts (the daemon
+    /// persists them) and any two primary memberships share a node, so a later primary
+    /// membership always has a higher ring: this orders primary memberships even when
+    /// restarted nodes, which forget `seq`, number one again.
+    pub ring: Option<RingId>,
     /// Whether this node is in that primary membership now.
     pub primary: bool,
     /// That membership, oldest first.
@@ -59,8 +72,10 @@ pub enum Event {
         seq: u32,
         members: Vec<Born>,
     },
-    /// The stream ends after this one.
-    Evicted,
+    /// Primary membership `seq` formed without this node; the stream ends after this.
+    Evicted {
+        seq: u32,
+    },
 }
 
 /// Oldest first; ties by node id.
@@ -68,29 +83,34 @@ fn sort_oldest_first(v: &mut [Born]) {
     v.sort_by_key(|b| (b.born_on, b.node));
 }
 
-/// The decision for `me`, a member of a new regular configuration of `members`, from
+/// The decision for `me`, a member of a new regular configuration `ring` of `members`, from
 /// every member's announcement (`announced`; a member that announced nothing counts as
 /// a node with no history). Returns `me`'s new state and the events for its subscribers,
 /// in order.
 pub fn decide(
     me: NodeId,
+    ring: RingId,
     members: &BTreeSet<NodeId>,
     announced: &BTreeMap<NodeId, History>,
     quorate: bool,
 ) -> (History, Vec<Event>) {
     let empty = History::default();
     let mine = announced.get(&me).unwrap_or(&empty);
-    // The newest primary membership any member took part in: identical for all of its
-    // members, since a sequence number names one primary membership.
+    // The newest primary membership any member took part in (by ring: see
+    // `History::ring`); its members all announce the same history for it.
+    let order = |h: &History| h.ring.map(|r| (r.seq, r.rep));
     let newest = members
         .iter()
         .filter_map(|n| announced.get(n))
-        .max_by_key(|h| h.seq)
+        .filter(|h| h.seq > 0)
+        .max_by_key(|h| order(h))
         .unwrap_or(&empty);
     let mut events = Vec::new();
-    let evicted = mine.seq > 0 && mine.seq < newest.seq;
+    // A node whose last primary membership is not the newest missed at least one
+    // that formed without it.
+    let evicted = mine.seq > 0 && mine.ring != newest.ring;
     if evicted {
-        events.push(Event::Evicted);
+        events.push(Event::Evicted { seq: newest.seq });
     }
     // Nodes adopt the newest history they heard of, so that an evicted node is not
     // evicted again for the same primary membership, and a new one starts from it.
@@ -105,20 +125,21 @@ pub fn decide(
         }
         let state = History {
             seq: base.seq,
+            ring: base.ring,
             primary: false,
             members: base.members.clone(),
         };
         return (state, events);
     }
 
-    // A member of the newest primary membership that announces an older history lost
+    // A member of the newest primary membership that announces another history lost
     // it: it restarted. Its old incarnation left and a new one joins.
     let restarted: BTreeSet<NodeId> = newest
         .members
         .iter()
         .map(|b| b.node)
         .filter(|n| members.contains(n))
-        .filter(|n| announced.get(n).map_or(0, |h| h.seq) < newest.seq)
+        .filter(|n| announced.get(n).map(|h| h.ring) != Some(newest.ring))
         .collect();
     let last: BTreeSet<NodeId> = newest
         .members
@@ -137,6 +158,7 @@ pub fn decide(
         }
         let state = History {
             seq: newest.seq,
+            ring: newest.ring,
             primary: true,
             members: newest.members.clone(),
         };
@@ -179,6 +201,7 @@ pub fn decide(
     }
     let state = History {
         seq,
+        ring: Some(ring),
         primary: true,
         members: now,
     };
@@ -198,10 +221,17 @@ mod tests {
     #[derive(Default)]
     struct Nodes {
         state: BTreeMap<NodeId, History>,
+        /// Totem's ring sequence: grows with every configuration, across restarts.
+        ring_seq: u64,
     }
 
     impl Nodes {
         fn step(&mut self, partition: &[u32], quorate: bool) -> BTreeMap<u32, Vec<Event>> {
+            self.ring_seq += 4;
+            let ring = RingId {
+                rep: NodeId(partition[0]),
+                seq: self.ring_seq,
+            };
             let members = set(partition);
             let announced: BTreeMap<NodeId, History> = members
                 .iter()
@@ -210,7 +240,7 @@ mod tests {
             let mut out = BTreeMap::new();
             let mut states = Vec::new();
             for &n in &members {
-                let (s, ev) = decide(n, &members, &announced, quorate);
+                let (s, ev) = decide(n, ring, &members, &announced, quorate);
                 states.push((n, s));
                 out.insert(n.0, ev);
             }
@@ -302,7 +332,7 @@ mod tests {
         );
         // Healing: node 1 learns that a primary membership formed without it.
         let healed = c.step(&[1, 2, 3], true);
-        assert_eq!(healed[&1], vec![Event::Evicted]);
+        assert_eq!(healed[&1], vec![Event::Evicted { seq: 2 }]);
         assert_eq!(
             healed[&2],
             vec![Event::NewMembership {
@@ -385,6 +415,33 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_of_restarted_nodes_reusing_a_number_still_evicts_the_stale_node() {
+        let mut c = Nodes::default();
+        c.step(&[1, 2, 3], true); // seq 1 = {1, 2, 3}
+        c.step(&[1], false);
+        c.state.remove(&NodeId(2));
+        c.state.remove(&NodeId(3));
+        // Nodes 2 and 3 restarted: with no history they number their primary 1 again,
+        // but in a later ring.
+        let pair = c.step(&[2, 3], true);
+        assert!(matches!(
+            pair[&2][..],
+            [Event::NewMembership { seq: 1, .. }]
+        ));
+        let healed = c.step(&[1, 2, 3], true);
+        assert_eq!(healed[&1], vec![Event::Evicted { seq: 1 }]);
+        assert_eq!(
+            healed[&2],
+            vec![Event::NewMembership {
+                seq: 2,
+                members: vec![b(2, 1), b(3, 1), b(1, 2)],
+                joined: vec![b(1, 2)],
+                left: vec![],
+            }]
+        );
+    }
+
+    #[test]
     fn a_minority_merging_with_a_stale_node_evicts_the_stale_one() {
         let mut c = Nodes::default();
         c.step(&[1, 2, 3], true);
@@ -392,7 +449,7 @@ mod tests {
         c.step(&[2, 3], true); // seq 2 without 1
         c.step(&[2], false);
         let ev = c.step(&[1, 2], false);
-        assert_eq!(ev[&1], vec![Event::Evicted]);
+        assert_eq!(ev[&1], vec![Event::Evicted { seq: 2 }]);
         assert!(ev[&2].is_empty(), "node 2 was already told NotPrimary");
         assert_eq!(c.state[&NodeId(1)].seq, 2);
     }
