@@ -246,6 +246,8 @@ impl Daemon {
                     dest => self.transport.send(dest, &t.data),
                 }
             }
+            // This visit's frames and the token, in order, in one system call.
+            self.transport.flush();
             for frame in to_self.drain(..) {
                 progress = true;
                 self.srp.handle_datagram(now, frame);
