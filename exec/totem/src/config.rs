@@ -105,9 +105,12 @@ pub struct TotemConfig {
     /// idle and the hold timer starts (default 30).
     pub seqno_unchanged_const: u32,
     /// `window_size`: most messages the whole ring may send in one token rotation, to
-    /// keep receive buffers from overflowing (default 50).
+    /// keep receive buffers from overflowing (default 1000; corosync's 50 halves the
+    /// throughput of 1 KiB messages on a LAN, test/bench/RESULTS.md; the daemon lowers
+    /// it to what the receive buffer the kernel grants holds).
     pub window_size: u32,
-    /// `max_messages`: most messages one member may send per token visit (default 17).
+    /// `max_messages`: most messages one member may send per token visit (default 500;
+    /// corosync's is 17).
     pub max_messages: u32,
     /// `miss_count_const`: token visits a missing message waits before this member asks
     /// for it again, so a message still in flight is not requested (default 5).
@@ -140,8 +143,8 @@ impl Default for TotemConfig {
             downcheck_ms: 1000,
             fail_recv_const: 2500,
             seqno_unchanged_const: 30,
-            window_size: 50,
-            max_messages: 17,
+            window_size: 1000,
+            max_messages: 500,
             miss_count_const: 5,
             token_retransmits_before_loss_const: 4,
             netmtu: 1500,
@@ -729,8 +732,8 @@ mod tests {
         assert_eq!(p.downcheck_us, ms(1000));
         assert_eq!(p.fail_recv_const, 2500);
         assert_eq!(p.seqno_unchanged_const, 30);
-        assert_eq!(p.window_size, 50);
-        assert_eq!(p.max_messages, 17);
+        assert_eq!(p.window_size, 1000);
+        assert_eq!(p.max_messages, 500);
         assert_eq!(p.miss_count_const, 5);
         assert_eq!(p.token_retransmits_before_loss_const, 4);
         assert_eq!(p.max_frame_len, 1472);
@@ -908,7 +911,7 @@ mod tests {
             ("window_size", 1, |c| c.window_size = 0),
             ("window_size", 1, |c| c.window_size = MAX_WINDOW_SIZE + 1),
             ("max_messages", 1, |c| c.max_messages = 0),
-            ("max_messages", 1, |c| c.max_messages = 51),
+            ("max_messages", 1, |c| c.max_messages = c.window_size + 1),
             ("netmtu", 1, |c| c.netmtu = MIN_NETMTU - 1),
             ("netmtu", 1, |c| c.netmtu = 575),
             ("netmtu", 1, |c| c.netmtu = MAX_NETMTU + 1),
