@@ -296,7 +296,7 @@ mod tests {
     fn the_window_is_lowered_to_what_the_receive_buffer_holds() {
         let mut t = totem::TotemConfig::default();
         let cost = datagram_cost(t.netmtu);
-        assert_eq!(cost, 2048 + 1024);
+        assert_eq!(cost, 16384 + 1024);
         // Room for the whole window: unchanged.
         let (w, m) = (t.window_size, t.max_messages);
         fit_window_to_buffer(&mut t, w as usize * cost);
@@ -304,10 +304,10 @@ mod tests {
         // Unknown (0): unchanged.
         fit_window_to_buffer(&mut t, 0);
         assert_eq!(t.window_size, w);
-        // Linux's usual default (212 992, reported doubled): 138 frames.
+        // Linux's usual default (212 992, reported doubled): 24 frames of 9000 bytes.
         fit_window_to_buffer(&mut t, 425_984);
-        assert_eq!(t.window_size, 138);
-        assert_eq!(t.max_messages, m.min(138));
+        assert_eq!(t.window_size, 24);
+        assert_eq!(t.max_messages, m.min(24));
         assert!(t.resolve(3).is_ok());
         // Never below one frame.
         fit_window_to_buffer(&mut t, 100);
