@@ -125,6 +125,12 @@ pub struct TotemConfig {
     /// the rate of 1500 for half the CPU (test/bench/RESULTS.md). Set it to the link's
     /// MTU where fragments are filtered or loss is high (a lost fragment loses the frame).
     pub netmtu: u32,
+    /// `accelerated_window`: the accelerated ring (Babay and Amir, ICDCS 2016): of the
+    /// new frames a member sends in a token visit, up to this many go out after the
+    /// token instead of before it, so the next member starts its own visit while they
+    /// are still on the wire. Order is unchanged (the token already carries their
+    /// numbers); off during recovery. 0 (the default) is the classic ring.
+    pub accelerated_window: u32,
     /// `send_queue_max_msgs`: most local messages waiting for the token; beyond it
     /// `mcast` refuses, so a fast sender is pushed back (default 16384).
     pub send_queue_max_msgs: u32,
@@ -152,6 +158,7 @@ impl Default for TotemConfig {
             miss_count_const: 5,
             token_retransmits_before_loss_const: 4,
             netmtu: 9000,
+            accelerated_window: 0,
             send_queue_max_msgs: 16384,
             send_queue_max_bytes: 32 << 20,
         }
@@ -187,6 +194,8 @@ pub struct Params {
     /// Largest Totem frame: netmtu less IPv4 and UDP headers. At least
     /// `wire::MCAST_OVERHEAD_MAX` + 512, at most `wire::MAX_FRAME_LEN`.
     pub max_frame_len: usize,
+    /// New frames of a visit sent after the token (0: none).
+    pub accelerated_window: u32,
     pub send_queue_max_msgs: u32,
     /// At least one whole largest message with its overhead.
     pub send_queue_max_bytes: u32,
@@ -286,6 +295,7 @@ impl TotemConfig {
             miss_count_const: self.miss_count_const,
             token_retransmits_before_loss_const: self.token_retransmits_before_loss_const,
             max_frame_len,
+            accelerated_window: self.accelerated_window,
             send_queue_max_msgs: self.send_queue_max_msgs,
             send_queue_max_bytes: self.send_queue_max_bytes,
             _sealed: (),
