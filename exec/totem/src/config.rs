@@ -135,8 +135,9 @@ pub struct TotemConfig {
     /// `mcast` refuses, so a fast sender is pushed back (default 16384).
     pub send_queue_max_msgs: u32,
     /// `send_queue_max_bytes`: most bytes of local messages waiting for the token, for
-    /// the same reason (default 32 MiB; at least 1 MiB + 64 KiB so one largest message
-    /// fits).
+    /// the same reason (default 8 MiB, about two token visits of full frames: more
+    /// only adds queueing delay and memory under a flood; at least 1 MiB + 64 KiB so
+    /// one largest message fits).
     pub send_queue_max_bytes: u32,
 }
 
@@ -160,7 +161,7 @@ impl Default for TotemConfig {
             netmtu: 9000,
             accelerated_window: 0,
             send_queue_max_msgs: 16384,
-            send_queue_max_bytes: 32 << 20,
+            send_queue_max_bytes: 8 << 20,
         }
     }
 }
@@ -752,7 +753,7 @@ mod tests {
         assert_eq!(p.token_retransmits_before_loss_const, 4);
         assert_eq!(p.max_frame_len, 8972);
         assert_eq!(p.send_queue_max_msgs, 16384);
-        assert_eq!(p.send_queue_max_bytes, 32 << 20);
+        assert_eq!(p.send_queue_max_bytes, 8 << 20);
     }
 
     #[test]
