@@ -26,6 +26,9 @@ use crate::transport::Transport;
 const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+/// Client output, in bytes over all connections, small enough to write before the
+/// frames of a token visit.
+const SMALL_OUTPUT: usize = 16 << 10;
 /// Connection tokens start here (slab slot + CONN_BASE).
 pub const CONN_BASE: usize = 16;
 
@@ -245,6 +248,12 @@ impl Daemon {
                     Dest::Unicast(n) if n == self.me => to_self.push(t.data),
                     dest => self.transport.send(dest, &t.data),
                 }
+            }
+            // A little output for the clients (a few deliveries: the latency case) goes
+            // first, so a client runs while the frames are on their way; a burst goes
+            // after them, so that the token is not held up behind it.
+            if self.ipc.dirty_output_below(SMALL_OUTPUT) {
+                self.ipc.flush_dirty(poll.registry(), &mut self.registry);
             }
             // This visit's frames and the token, in order, in one system call.
             self.transport.flush();

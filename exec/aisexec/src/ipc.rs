@@ -407,6 +407,19 @@ impl IpcServer {
         true
     }
 
+    /// Whether the output queued since the last [`IpcServer::flush_dirty`], over all
+    /// connections, is below `limit` bytes.
+    pub fn dirty_output_below(&self, limit: usize) -> bool {
+        let mut total = 0;
+        for &slot in &self.dirty {
+            total += self.conns.get(slot).map_or(0, |c| c.out.len());
+            if total >= limit {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Writes the output queued since the last call, one write per connection (as much
     /// as each socket takes; the rest when it is writable again).
     pub fn flush_dirty(&mut self, poll: &MioRegistry, reg: &mut Registry) {
