@@ -329,7 +329,7 @@ impl Connection {
 
     /// [`Connection::request`] with a message encoded straight into the frame.
     pub fn request_msg<M: Encode + ?Sized>(&self, id: u32, msg: &M) -> Result<Bytes, SaError> {
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + msg.size_hint());
         frame.put_u32(0);
         frame.put_u32(id);
         msg.encode(&mut frame);
@@ -358,7 +358,7 @@ impl Connection {
         id: u32,
         msg: &M,
     ) -> Result<(), SaError> {
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + msg.size_hint());
         frame.put_u32(0);
         frame.put_u32(id);
         msg.encode(&mut frame);

@@ -147,6 +147,10 @@ impl Encode for McastBody<'_> {
         out.put_u32(self.guarantee as u32);
         codec::put_bytes(out, self.data);
     }
+
+    fn size_hint(&self) -> usize {
+        8 + self.data.len()
+    }
 }
 
 /// A CPG handle (`cpg_handle_t`).
