@@ -11,7 +11,7 @@
 //! per connection, so a response is matched by its id alone), except *pipelined* ones
 //! ([`Connection::request_pipelined`]): requests whose answer is only an error, sent
 //! without waiting, up to a window of [`PIPELINE_MAX`] requests (and
-//! [`PIPELINE_BYTES`]). The executive serves a connection's requests in order and never
+//! [`PIPELINE_BYTES`] or more, as the socket's send buffer allows). The executive serves a connection's requests in order and never
 //! refuses one for a passing reason (it lets it wait instead), so their answers come back
 //! in order and are matched against the oldest outstanding one; a blocking request first
 //! waits for every pipelined answer. A pipelined request whose answer is an error reports
@@ -63,12 +63,19 @@ pub const SOCKET_NAME: &str = "aisexec.sock";
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Most pipelined requests outstanding on one connection.
-pub const PIPELINE_MAX: usize = 256;
+pub const PIPELINE_MAX: usize = 1024;
 /// Most bytes of pipelined requests outstanding on one connection, each frame counted
-/// with [`SEND_OVERHEAD`] more: a full window then fits the default unix socket send
-/// buffer (about 208 KiB), so a pipelined write does not block while the executive
-/// lets this connection wait. A single request larger than this is sent alone.
+/// with [`SEND_OVERHEAD`] more, when the socket's send buffer is the usual default
+/// (about 208 KiB): a full window then fits it, so a pipelined write does not block
+/// while the executive lets this connection wait. A single request larger than the
+/// window is sent alone. With a larger send buffer ([`SEND_BUFFER`], if the system
+/// allows it), the window is three quarters of it, up to [`PIPELINE_BYTES_MAX`].
 pub const PIPELINE_BYTES: usize = 160 * 1024;
+/// The largest pipelining window in bytes.
+pub const PIPELINE_BYTES_MAX: usize = 1536 * 1024;
+/// The send buffer asked for each connection (best effort: net.core.wmem_max caps it),
+/// so that more requests can be on their way while the executive is busy elsewhere.
+const SEND_BUFFER: usize = 1 << 20;
 /// What the kernel charges the send buffer beyond the data for one small write (its
 /// socket buffer bookkeeping), as counted against [`PIPELINE_BYTES`].
 const SEND_OVERHEAD: usize = 1024;
@@ -145,6 +152,8 @@ pub struct Connection {
     version: SaVersion,
     /// Serializes requests: one outstanding request per connection.
     request_lock: Mutex<()>,
+    /// Bytes of pipelined requests that may be outstanding (see [`PIPELINE_BYTES`]).
+    pipeline_bytes: usize,
     /// Held while writing a frame, so frames from several threads never interleave.
     write_lock: Mutex<()>,
     state: Mutex<State>,
@@ -285,11 +294,17 @@ impl Connection {
         };
         *version = accepted;
         error.into_result()?;
+        // The kernel reports (and counts against) twice what was asked, capped.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER);
+        let pipeline_bytes = rustix::net::sockopt::socket_send_buffer_size(&stream)
+            .map_or(PIPELINE_BYTES, |granted| granted / 4 * 3)
+            .clamp(PIPELINE_BYTES, PIPELINE_BYTES_MAX);
         let conn = Connection {
             stream,
             service,
             version: accepted,
             request_lock: Mutex::new(()),
+            pipeline_bytes,
             write_lock: Mutex::new(()),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -388,7 +403,7 @@ impl Connection {
             }
             let full = !st.pipelined.is_empty()
                 && (st.pipelined.len() >= PIPELINE_MAX
-                    || st.pipelined_bytes + cost > PIPELINE_BYTES);
+                    || st.pipelined_bytes + cost > self.pipeline_bytes);
             if !full {
                 break;
             }
@@ -882,10 +897,14 @@ mod tests {
             assert!(sent <= PIPELINE_MAX);
         };
         assert_eq!(e, SaError::TryAgain);
+        // All answers in one write, as the executive writes a loop turn's output (one
+        // small write per answer could fill the socket, which nobody reads meanwhile).
+        let mut answers = BytesMut::new();
         for _ in 0..sent {
             assert_eq!(peer.request().0, 7);
-            peer.send(7, SaError::Ok, b"");
+            ipc::put_response(&mut answers, 7, SaError::Ok, b"");
         }
+        peer.stream.write_all(&answers).unwrap();
         // An answer out of order breaks the stream.
         conn.request_pipelined(7, &frame_of(7, b"m")).unwrap();
         peer.send(8, SaError::Ok, b"");
