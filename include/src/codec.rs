@@ -35,8 +35,14 @@ pub trait Encode {
     /// Appends the encoding to `out`.
     fn encode(&self, out: &mut BytesMut);
 
+    /// About how many bytes `encode` appends (a capacity hint, so that encoding a
+    /// message does not grow its buffer step by step; 0 when unknown).
+    fn size_hint(&self) -> usize {
+        0
+    }
+
     fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(self.size_hint());
         self.encode(&mut out);
         out.freeze()
     }

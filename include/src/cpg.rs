@@ -66,6 +66,10 @@ impl Encode for GroupName {
         out.put_u16(self.0.len() as u16);
         out.put_slice(&self.0);
     }
+
+    fn size_hint(&self) -> usize {
+        2 + self.0.len()
+    }
 }
 
 impl Decode for GroupName {
@@ -189,6 +193,10 @@ impl Encode for McastReq {
         out.put_u32(self.guarantee);
         put_bytes(out, &self.data);
     }
+
+    fn size_hint(&self) -> usize {
+        8 + self.data.len()
+    }
 }
 
 impl Decode for McastReq {
@@ -275,6 +283,10 @@ impl Encode for DeliverCb {
         out.put_u32(self.nodeid);
         out.put_u32(self.pid);
         put_bytes(out, &self.data);
+    }
+
+    fn size_hint(&self) -> usize {
+        self.group.size_hint() + 12 + self.data.len()
     }
 }
 

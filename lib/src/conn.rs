@@ -8,7 +8,16 @@
 //! queue is empty.
 //!
 //! Threads share a connection freely. Requests are serialized (one outstanding request
-//! per connection, so a response is matched by its id alone). At most one thread reads
+//! per connection, so a response is matched by its id alone), except *pipelined* ones
+//! ([`Connection::request_pipelined`]): requests whose answer is only an error, sent
+//! without waiting, up to a window of [`PIPELINE_MAX`] requests (and
+//! [`PIPELINE_BYTES`] or more, as the socket's send buffer allows). The executive serves a connection's requests in order and never
+//! refuses one for a passing reason (it lets it wait instead), so their answers come back
+//! in order and are matched against the oldest outstanding one; a blocking request first
+//! waits for every pipelined answer. A pipelined request whose answer is an error reports
+//! it on the next pipelined call. A full window that no answer frees within
+//! [`PIPELINE_WAIT`] is `TryAgain`: the executive is not taking requests (its send queue
+//! is full). At most one thread reads
 //! the socket at a time (it holds the *read turn*); it routes each frame it reads (the
 //! response into the response slot, callbacks onto the queue) and wakes the others. So
 //! a request made while another thread sits in a blocking dispatch gets its response
@@ -33,6 +42,7 @@ use std::net::Shutdown;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ais_proto::ipc::{
     self, Connect, ConnectReply, ResponseFrame, CALLBACK_FLAG, CONNECT_ID, MAX_FRAME_LEN,
@@ -40,8 +50,9 @@ use ais_proto::ipc::{
 };
 use ais_proto::{Decode, Encode, SaError, SaVersion, ServiceId};
 use bytes::{BufMut, Bytes, BytesMut};
-use log::warn;
+use log::{debug, warn};
 use parking_lot::{Condvar, Mutex, MutexGuard};
+use rustix::net::RecvFlags;
 
 /// The environment variable that names the executive's socket, overriding the default.
 pub const SOCKET_ENV: &str = "AIS_SOCKET";
@@ -50,6 +61,26 @@ pub const SOCKET_NAME: &str = "aisexec.sock";
 
 /// How much one read asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Most pipelined requests outstanding on one connection.
+pub const PIPELINE_MAX: usize = 1024;
+/// Most bytes of pipelined requests outstanding on one connection, each frame counted
+/// with [`SEND_OVERHEAD`] more, when the socket's send buffer is the usual default
+/// (about 208 KiB): a full window then fits it, so a pipelined write does not block
+/// while the executive lets this connection wait. A single request larger than the
+/// window is sent alone. With a larger send buffer ([`SEND_BUFFER`], if the system
+/// allows it), the window is three quarters of it, up to [`PIPELINE_BYTES_MAX`].
+pub const PIPELINE_BYTES: usize = 160 * 1024;
+/// The largest pipelining window in bytes.
+pub const PIPELINE_BYTES_MAX: usize = 1536 * 1024;
+/// The send buffer asked for each connection (best effort: net.core.wmem_max caps it),
+/// so that more requests can be on their way while the executive is busy elsewhere.
+const SEND_BUFFER: usize = 1 << 20;
+/// What the kernel charges the send buffer beyond the data for one small write (its
+/// socket buffer bookkeeping), as counted against [`PIPELINE_BYTES`].
+const SEND_OVERHEAD: usize = 1024;
+/// How long a pipelined request waits for room in a full window before `TryAgain`.
+pub const PIPELINE_WAIT: Duration = Duration::from_micros(500);
 
 /// The executive's socket: `$AIS_SOCKET` when set and not empty, else
 /// [`default_socket_path`].
@@ -121,8 +152,9 @@ pub struct Connection {
     version: SaVersion,
     /// Serializes requests: one outstanding request per connection.
     request_lock: Mutex<()>,
-    /// Held while writing a frame, and while a poll read has the socket non-blocking
-    /// (the flag is shared by reads and writes), so writes always block.
+    /// Bytes of pipelined requests that may be outstanding (see [`PIPELINE_BYTES`]).
+    pipeline_bytes: usize,
+    /// Held while writing a frame, so frames from several threads never interleave.
     write_lock: Mutex<()>,
     state: Mutex<State>,
     /// Signalled when the reader has routed frames, gave up its read turn, or the
@@ -138,6 +170,16 @@ struct State {
     rbuf: BytesMut,
     /// Callbacks read and not yet dispatched, oldest first.
     callbacks: VecDeque<ResponseFrame>,
+    /// Scratch space reads go into (taken out with `rbuf` while a thread reads).
+    scratch: Vec<u8>,
+    /// Pipelined requests sent and not yet answered, oldest first: id and the bytes
+    /// counted against [`PIPELINE_BYTES`].
+    pipelined: VecDeque<(u32, usize)>,
+    /// Sum of the byte counts in `pipelined`.
+    pipelined_bytes: usize,
+    /// The first error a pipelined request was answered with, for the next pipelined
+    /// call to report.
+    deferred: Option<SaError>,
     /// The id of the outstanding request, if any, and its response once read.
     awaiting: Option<u32>,
     response: Option<ResponseFrame>,
@@ -163,6 +205,8 @@ enum ReadMode {
     Block,
     /// Take what is there now.
     Poll,
+    /// Wait for data until then at the latest.
+    Until(Instant),
 }
 
 #[derive(PartialEq, Eq)]
@@ -250,11 +294,17 @@ impl Connection {
         };
         *version = accepted;
         error.into_result()?;
+        // The kernel reports (and counts against) twice what was asked, capped.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER);
+        let pipeline_bytes = rustix::net::sockopt::socket_send_buffer_size(&stream)
+            .map_or(PIPELINE_BYTES, |granted| granted / 4 * 3)
+            .clamp(PIPELINE_BYTES, PIPELINE_BYTES_MAX);
         let conn = Connection {
             stream,
             service,
             version: accepted,
             request_lock: Mutex::new(()),
+            pipeline_bytes,
             write_lock: Mutex::new(()),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -294,7 +344,7 @@ impl Connection {
 
     /// [`Connection::request`] with a message encoded straight into the frame.
     pub fn request_msg<M: Encode + ?Sized>(&self, id: u32, msg: &M) -> Result<Bytes, SaError> {
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + msg.size_hint());
         frame.put_u32(0);
         frame.put_u32(id);
         msg.encode(&mut frame);
@@ -313,6 +363,76 @@ impl Connection {
         self.exchange(id, frame)
     }
 
+    /// Sends request `id` with `msg` encoded as its body without waiting for the
+    /// answer (see the module doc): `Ok` once the frame is written. `TryAgain` when the
+    /// window stays full for [`PIPELINE_WAIT`]; the error an earlier pipelined request
+    /// was answered with, once (this request is then not sent); otherwise as
+    /// [`Connection::request`]. Only for requests whose answer carries no body.
+    pub fn request_msg_pipelined<M: Encode + ?Sized>(
+        &self,
+        id: u32,
+        msg: &M,
+    ) -> Result<(), SaError> {
+        let mut frame = BytesMut::with_capacity(REQUEST_HEADER_LEN + msg.size_hint());
+        frame.put_u32(0);
+        frame.put_u32(id);
+        msg.encode(&mut frame);
+        let size = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.request_pipelined(id, &frame)
+    }
+
+    /// [`Connection::request_msg_pipelined`] of a whole request frame.
+    pub fn request_pipelined(&self, id: u32, frame: &[u8]) -> Result<(), SaError> {
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(SaError::TooBig);
+        }
+        if id == CONNECT_ID || id & CALLBACK_FLAG != 0 {
+            return Err(SaError::InvalidParam);
+        }
+        let cost = frame.len() + SEND_OVERHEAD;
+        let _one_at_a_time = self.request_lock.lock();
+        let mut st = self.state.lock();
+        let mut deadline = None;
+        loop {
+            if let Some(e) = st.dead() {
+                return Err(e);
+            }
+            if let Some(e) = st.deferred.take() {
+                return Err(e);
+            }
+            let full = !st.pipelined.is_empty()
+                && (st.pipelined.len() >= PIPELINE_MAX
+                    || st.pipelined_bytes + cost > self.pipeline_bytes);
+            if !full {
+                break;
+            }
+            let now = Instant::now();
+            let until = *deadline.get_or_insert(now + PIPELINE_WAIT);
+            if now >= until {
+                return Err(SaError::TryAgain);
+            }
+            if st.reading {
+                // The reader routes the answers; it wakes us when it has.
+                self.changed.wait_until(&mut st, until);
+            } else {
+                self.read_turn(&mut st, ReadMode::Until(until));
+            }
+        }
+        st.pipelined.push_back((id, cost));
+        st.pipelined_bytes += cost;
+        drop(st);
+        let written = {
+            let _w = self.write_lock.lock();
+            (&self.stream).write_all(frame)
+        };
+        if let Err(e) = written {
+            let mut st = self.state.lock();
+            return Err(self.fail(&mut st, SaError::Library, &e));
+        }
+        Ok(())
+    }
+
     fn response_body(response: ResponseFrame) -> Result<Bytes, SaError> {
         response.sa_error().into_result()?;
         Ok(response.body)
@@ -328,6 +448,17 @@ impl Connection {
         let _one_at_a_time = self.request_lock.lock();
         {
             let mut st = self.state.lock();
+            // Answers are matched by id: the pipelined ones come first.
+            while !st.pipelined.is_empty() {
+                if let Some(e) = st.dead() {
+                    return Err(e);
+                }
+                if st.reading {
+                    self.changed.wait(&mut st);
+                } else {
+                    self.read_turn(&mut st, ReadMode::Block);
+                }
+            }
             if let Some(e) = st.dead() {
                 return Err(e);
             }
@@ -430,7 +561,9 @@ impl Connection {
         debug_assert!(!st.reading);
         st.reading = true;
         let mut buf = std::mem::take(&mut st.rbuf);
-        let result = MutexGuard::unlocked(st, || self.read_some(&mut buf, mode));
+        let mut scratch = std::mem::take(&mut st.scratch);
+        let result = MutexGuard::unlocked(st, || self.read_some(&mut buf, &mut scratch, mode));
+        st.scratch = scratch;
         st.reading = false;
         let outcome = match result {
             Ok(0) => {
@@ -462,27 +595,42 @@ impl Connection {
         outcome
     }
 
-    fn read_some(&self, buf: &mut BytesMut, mode: ReadMode) -> io::Result<usize> {
-        let _nonblocking_window = match mode {
-            ReadMode::Block => None,
-            // A writer (a request) holds the lock: it reads after writing, so skipping
-            // this poll loses nothing, and a poll never waits behind a long write.
-            ReadMode::Poll => match self.write_lock.try_lock() {
-                Some(w) => Some(w),
-                None => return Err(io::ErrorKind::WouldBlock.into()),
-            },
+    /// One read into `scratch` (allocated and zeroed once), appended to `buf`. `Poll`
+    /// and `Until` never block past their time and leave the descriptor's flags alone
+    /// (a flag shared with writers and other readers).
+    fn read_some(
+        &self,
+        buf: &mut BytesMut,
+        scratch: &mut Vec<u8>,
+        mode: ReadMode,
+    ) -> io::Result<usize> {
+        if scratch.len() != READ_CHUNK {
+            scratch.resize(READ_CHUNK, 0);
+        }
+        if let ReadMode::Until(until) = mode {
+            let left = until.saturating_duration_since(Instant::now());
+            let timeout = rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                &self.stream,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) => return Err(io::ErrorKind::WouldBlock.into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let n = match mode {
+            ReadMode::Block => (&self.stream).read(scratch)?,
+            ReadMode::Poll | ReadMode::Until(_) => {
+                rustix::net::recv(&self.stream, &mut scratch[..], RecvFlags::DONTWAIT)?.0
+            }
         };
-        if mode == ReadMode::Poll {
-            self.stream.set_nonblocking(true)?;
-        }
-        let start = buf.len();
-        buf.resize(start + READ_CHUNK, 0);
-        let result = (&self.stream).read(&mut buf[start..]);
-        buf.truncate(start + *result.as_ref().unwrap_or(&0));
-        if mode == ReadMode::Poll {
-            self.stream.set_nonblocking(false)?;
-        }
-        result
+        buf.extend_from_slice(&scratch[..n]);
+        Ok(n)
     }
 
     /// Moves every whole frame out of `buf`: the awaited response into its slot,
@@ -493,7 +641,23 @@ impl Connection {
                 Ok(None) => return,
                 Ok(Some(frame)) if frame.is_callback() => st.callbacks.push_back(frame),
                 Ok(Some(frame)) => {
-                    if st.awaiting == Some(frame.id) && st.response.is_none() {
+                    if let Some(&(id, cost)) = st.pipelined.front() {
+                        if frame.id != id {
+                            let e = io::Error::other(format!(
+                                "response {:#x} while pipelined request {id:#x} waits",
+                                frame.id
+                            ));
+                            self.fail(st, SaError::MessageError, &e);
+                            return;
+                        }
+                        st.pipelined.pop_front();
+                        st.pipelined_bytes -= cost;
+                        let error = frame.sa_error();
+                        if error != SaError::Ok && st.deferred.is_none() {
+                            debug!(target: "libais", "pipelined request {id} answered {error}");
+                            st.deferred = Some(error);
+                        }
+                    } else if st.awaiting == Some(frame.id) && st.response.is_none() {
                         st.response = Some(frame);
                     } else {
                         let e = io::Error::other(format!(
@@ -638,6 +802,12 @@ mod tests {
         }
     }
 
+    fn frame_of(id: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        ipc::put_request(&mut out, id, body);
+        out.to_vec()
+    }
+
     fn pair() -> (Connection, Peer) {
         let (client, server) = UnixStream::pair().unwrap();
         server
@@ -686,6 +856,59 @@ mod tests {
         assert_eq!(&conn.take_callback().unwrap().body[..], b"second");
         assert_eq!(conn.take_callback(), None);
         assert_eq!(conn.poll_callbacks(false), Ok(false));
+    }
+
+    #[test]
+    fn pipelined_requests_do_not_wait_and_an_error_answer_is_reported_next() {
+        let (conn, mut peer) = pair();
+        conn.request_pipelined(7, &frame_of(7, b"one")).unwrap();
+        conn.request_pipelined(7, &frame_of(7, b"two")).unwrap();
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"one")));
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"two")));
+        peer.send(7, SaError::Ok, b"");
+        peer.send(7, SaError::NotExist, b"");
+        // A blocking request first waits for both answers, then gets its own.
+        let t = std::thread::spawn(move || {
+            let r = conn.request(3, b"q");
+            (conn, r)
+        });
+        assert_eq!(peer.request(), (3, Bytes::from_static(b"q")));
+        peer.send(3, SaError::Ok, b"a");
+        let (conn, r) = join_within(t);
+        assert_eq!(r, Ok(Bytes::from_static(b"a")));
+        // The error answer is reported once, by the next pipelined call.
+        assert_eq!(
+            conn.request_pipelined(7, &frame_of(7, b"x")),
+            Err(SaError::NotExist)
+        );
+        conn.request_pipelined(7, &frame_of(7, b"three")).unwrap();
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"three")));
+    }
+
+    #[test]
+    fn a_full_window_that_is_not_answered_is_try_again() {
+        let (conn, mut peer) = pair();
+        let mut sent = 0;
+        let e = loop {
+            match conn.request_pipelined(7, &frame_of(7, b"m")) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent <= PIPELINE_MAX);
+        };
+        assert_eq!(e, SaError::TryAgain);
+        // All answers in one write, as the executive writes a loop turn's output (one
+        // small write per answer could fill the socket, which nobody reads meanwhile).
+        let mut answers = BytesMut::new();
+        for _ in 0..sent {
+            assert_eq!(peer.request().0, 7);
+            ipc::put_response(&mut answers, 7, SaError::Ok, b"");
+        }
+        peer.stream.write_all(&answers).unwrap();
+        // An answer out of order breaks the stream.
+        conn.request_pipelined(7, &frame_of(7, b"m")).unwrap();
+        peer.send(8, SaError::Ok, b"");
+        assert_eq!(conn.poll_callbacks(true), Err(SaError::MessageError));
     }
 
     #[test]

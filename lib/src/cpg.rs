@@ -27,6 +27,7 @@
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ais_proto::cpg::{
@@ -126,6 +127,10 @@ impl std::fmt::Debug for CpgCallbacks {
 struct CpgInner {
     conn: Connection,
     dispatcher: Dispatcher<CpgCallbacks>,
+    /// A join succeeded and no leave was asked since: multicasts are pipelined (the
+    /// executive only refuses them for reasons known here), else each waits for its
+    /// answer so that `NotExist` reaches its own call.
+    joined: AtomicBool,
 }
 
 static CPG_HANDLES: HandleDb<CpgInner> = HandleDb::new();
@@ -141,6 +146,10 @@ impl Encode for McastBody<'_> {
     fn encode(&self, out: &mut BytesMut) {
         out.put_u32(self.guarantee as u32);
         codec::put_bytes(out, self.data);
+    }
+
+    fn size_hint(&self) -> usize {
+        8 + self.data.len()
     }
 }
 
@@ -164,6 +173,7 @@ impl Cpg {
         let handle = CPG_HANDLES.insert(CpgInner {
             conn,
             dispatcher: Dispatcher::new(callbacks),
+            joined: AtomicBool::new(false),
         })?;
         Ok(Cpg { handle })
     }
@@ -180,20 +190,25 @@ impl Cpg {
     /// Joins `group` as this process (`std::process::id()`). A connection is in at most
     /// one group at a time. The membership change arrives as a `confchg` callback.
     pub fn join(&self, group: &GroupName) -> Result<(), SaError> {
-        self.group_request(req::JOIN, group)
+        let inner = self.inner()?;
+        Self::group_request(&inner, req::JOIN, group)?;
+        inner.joined.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Leaves `group`; a last `confchg` reports it.
     pub fn leave(&self, group: &GroupName) -> Result<(), SaError> {
-        self.group_request(req::LEAVE, group)
+        let inner = self.inner()?;
+        inner.joined.store(false, Ordering::Release);
+        Self::group_request(&inner, req::LEAVE, group)
     }
 
-    fn group_request(&self, id: u32, group: &GroupName) -> Result<(), SaError> {
+    fn group_request(inner: &CpgInner, id: u32, group: &GroupName) -> Result<(), SaError> {
         let body = GroupReq {
             group: group.clone(),
             pid: std::process::id(),
         };
-        self.inner()?.conn.request_msg(id, &body)?;
+        inner.conn.request_msg(id, &body)?;
         Ok(())
     }
 
@@ -201,15 +216,25 @@ impl Cpg {
     /// gets it through `deliver`, in the same order. `TooBig` above [`CPG_MSG_MAX`]
     /// bytes; `TryAgain` when the executive's send queue is full (flow control: retry
     /// later, after dispatching).
+    ///
+    /// While joined, the call does not wait for the executive's answer: it returns once
+    /// the request is written, with up to [`crate::conn::PIPELINE_MAX`] requests on
+    /// their way (see [`crate::conn`]); messages keep their order, and `TryAgain` comes
+    /// when that window stays full. An error the executive answered an earlier
+    /// multicast with (none is expected while joined) is returned by the next call,
+    /// which then sends nothing.
     pub fn mcast_joined(&self, guarantee: Guarantee, data: &[u8]) -> Result<(), SaError> {
         let inner = self.inner()?;
         if data.len() > CPG_MSG_MAX {
             return Err(SaError::TooBig);
         }
-        inner
-            .conn
-            .request_msg(req::MCAST, &McastBody { guarantee, data })?;
-        Ok(())
+        let body = McastBody { guarantee, data };
+        if inner.joined.load(Ordering::Acquire) {
+            inner.conn.request_msg_pipelined(req::MCAST, &body)
+        } else {
+            inner.conn.request_msg(req::MCAST, &body)?;
+            Ok(())
+        }
     }
 
     /// The current members of `group`, oldest first.

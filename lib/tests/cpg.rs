@@ -247,6 +247,9 @@ fn dispatch_one_runs_exactly_one_callback() {
         cpg.join(&g).unwrap();
         cpg.mcast_joined(Guarantee::Fifo, b"a").unwrap();
         cpg.mcast_joined(Guarantee::Safe, b"b").unwrap();
+        // Multicasts do not wait for their answers; a request that does waits for
+        // theirs first, and the fake sends each one's callbacks before its answer.
+        assert_eq!(cpg.local_get(), Ok(NODEID));
         cpg.dispatch(DispatchFlags::One).unwrap();
         assert!(matches!(rx.try_recv(), Ok(Ev::Confchg { .. })));
         assert!(rx.try_recv().is_err());
@@ -323,12 +326,30 @@ fn flow_control_try_again_reaches_the_caller() {
     let path = exec.path().to_owned();
     within(move || {
         let cpg = Cpg::initialize_at(&path, CpgCallbacks::default()).unwrap();
-        cpg.join(&group("busy")).unwrap();
+        // Not joined: the multicast waits for its answer, TryAgain included.
         assert_eq!(
             cpg.mcast_joined(Guarantee::Agreed, b"m"),
             Err(SaError::TryAgain)
         );
+        cpg.join(&group("busy")).unwrap();
+        // Joined: multicasts are pipelined; the executive answers none, so the window
+        // fills and then the caller is told to try again.
+        let mut sent = 0;
+        let refused = loop {
+            match cpg.mcast_joined(Guarantee::Agreed, b"m") {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(
+                sent <= libais::conn::PIPELINE_MAX,
+                "the window never filled"
+            );
+        };
+        assert_eq!(refused, SaError::TryAgain);
+        assert!(sent >= 1);
         assert_eq!(cpg.local_get(), Ok(NODEID), "the connection stays usable");
+        cpg.mcast_joined(Guarantee::Agreed, b"m")
+            .expect("room again once the executive answered");
     });
 }
 

@@ -146,6 +146,10 @@ impl Encode for McastMsg {
         self.group.encode(out);
         put_bytes(out, &self.data);
     }
+
+    fn size_hint(&self) -> usize {
+        4 + self.group.size_hint() + 4 + self.data.len()
+    }
 }
 
 impl Decode for McastMsg {

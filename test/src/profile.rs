@@ -31,6 +31,7 @@ pub fn draw(rng: &mut Rng) -> (TotemConfig, String) {
     let (window_size, max_messages) =
         *rng.pick(&[(50, 17), (50, 17), (20, 5), (100, 30), (10, 10)]);
     let netmtu = *rng.pick(&[1500, 1500, 1500, 1200, 9000]);
+    let accelerated_window = *rng.pick(&[0, 0, 1, 4, 1000]);
     let send_queue_max_msgs = if rng.chance(0.15) {
         64
     } else {
@@ -45,12 +46,14 @@ pub fn draw(rng: &mut Rng) -> (TotemConfig, String) {
         window_size,
         max_messages,
         netmtu,
+        accelerated_window,
         send_queue_max_msgs,
         ..TotemConfig::default()
     };
     let desc = format!(
         "token {token_ms} ms (+{token_coefficient_ms}/node), join {join_ms}, merge {merge_ms}, downcheck {downcheck_ms}, \
-         window {window_size}/{max_messages}, mtu {netmtu}, send queue {send_queue_max_msgs}"
+         window {window_size}/{max_messages}, accelerated {accelerated_window}, mtu {netmtu}, \
+         send queue {send_queue_max_msgs}"
     );
     (cfg, desc)
 }

@@ -18,7 +18,7 @@ use crate::runtime::{self, RuntimeDir};
 use crate::status;
 use crate::transport::{Mode, Transport, TransportConfig};
 
-/// Socket buffers asked of the kernel, each direction.
+/// Socket buffers asked of the kernel, each direction, at least.
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 pub const USAGE: &str = "\
@@ -106,8 +106,6 @@ pub fn run(opts: Options) -> Result<(), String> {
     } else {
         None
     };
-    let params = cfg.resolve_totem().map_err(|e| e.to_string())?;
-    let send_queue_max = params.send_queue_max_msgs as usize;
 
     let dir = cfg
         .aisexec
@@ -133,7 +131,10 @@ pub fn run(opts: Options) -> Result<(), String> {
             bind: iface.bindnetaddr,
             port: iface.mcastport,
             mode,
-            buffer_bytes: SOCKET_BUFFER_BYTES,
+            // A whole window of frames must fit (the kernel doubles what is asked).
+            buffer_bytes: SOCKET_BUFFER_BYTES.max(
+                cfg.totem.timers.window_size as usize * datagram_cost(cfg.totem.timers.netmtu),
+            ),
         },
         crypto,
     )
@@ -144,6 +145,9 @@ pub fn run(opts: Options) -> Result<(), String> {
         )
     })?;
 
+    fit_window_to_buffer(&mut cfg.totem.timers, transport.recv_buffer_bytes());
+    let params = cfg.resolve_totem().map_err(|e| e.to_string())?;
+    let send_queue_max = params.send_queue_max_msgs as usize;
     let srp = Srp::new(params, me, runtime.load_ring_seq(), Instant(0));
     let mut registry = Registry::new(me);
     let policy = cfg.quorum_policy();
@@ -183,8 +187,6 @@ pub fn run(opts: Options) -> Result<(), String> {
     .map_err(|e| format!("event loop: {e}"))
 }
 
-/// CLM's record of this node: the host name (`node<id>` when it cannot be read), the
-/// Totem bind address, and the wall clock now as the boot time.
 /// The local node's CLM record: its name from the nodelist, else the host name (both in
 /// `name`), else `node<id>`.
 fn services_config(
@@ -199,6 +201,28 @@ fn services_config(
     ais_services::ServicesConfig {
         local: ais_services::LocalNode::new(&name, address, boot_time_ns),
     }
+}
+
+/// What one datagram of `netmtu` bytes costs a receive buffer in the kernel's
+/// accounting, at most (the data rounded up to its allocation, plus the socket buffer
+/// bookkeeping).
+fn datagram_cost(netmtu: u32) -> usize {
+    (netmtu as usize).next_power_of_two() + 1024
+}
+
+/// Lowers `window_size` (and `max_messages` with it) to the frames the granted receive
+/// buffer holds: a rotation's frames may all arrive before this node reads one, and
+/// frames that do not fit are dropped and must be retransmitted.
+fn fit_window_to_buffer(t: &mut totem::TotemConfig, recv_buffer: usize) {
+    let fits = u32::try_from(recv_buffer / datagram_cost(t.netmtu)).unwrap_or(u32::MAX);
+    if recv_buffer == 0 || fits >= t.window_size {
+        return;
+    }
+    let window = fits.max(1);
+    warn!(target: "main", "totem.window_size {} does not fit the {recv_buffer}-byte receive buffer \
+        the kernel granted; using {window} (raise net.core.rmem_max, or run as root)", t.window_size);
+    t.window_size = window;
+    t.max_messages = t.max_messages.min(window);
 }
 
 /// `aisexec { user; group }` name the account the executive runs as. It does not switch
@@ -293,6 +317,29 @@ mod tests {
         assert_eq!(args(&["-h"]), Ok(Command::Help));
         assert!(args(&["--config"]).is_err());
         assert!(args(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn the_window_is_lowered_to_what_the_receive_buffer_holds() {
+        let mut t = totem::TotemConfig::default();
+        let cost = datagram_cost(t.netmtu);
+        assert_eq!(cost, 16384 + 1024);
+        // Room for the whole window: unchanged.
+        let (w, m) = (t.window_size, t.max_messages);
+        fit_window_to_buffer(&mut t, w as usize * cost);
+        assert_eq!((t.window_size, t.max_messages), (w, m));
+        // Unknown (0): unchanged.
+        fit_window_to_buffer(&mut t, 0);
+        assert_eq!(t.window_size, w);
+        // Linux's usual default (212 992, reported doubled): 24 frames of 9000 bytes.
+        fit_window_to_buffer(&mut t, 425_984);
+        assert_eq!(t.window_size, 24);
+        assert_eq!(t.max_messages, m.min(24));
+        assert!(t.resolve(3).is_ok());
+        // Never below one frame.
+        fit_window_to_buffer(&mut t, 100);
+        assert_eq!((t.window_size, t.max_messages), (1, 1));
+        assert!(t.resolve(3).is_ok());
     }
 
     #[test]

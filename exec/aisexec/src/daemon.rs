@@ -13,8 +13,8 @@ use std::io;
 use std::time::Duration;
 
 use ais_exec::{Effect, Registry};
-use ais_proto::ipc::{self, CALLBACK_FLAG};
-use bytes::{Bytes, BytesMut};
+use ais_proto::ipc::CALLBACK_FLAG;
+use bytes::Bytes;
 use log::{debug, error, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use totem::{ConfKind, Dest, Event, Instant, McastError, NodeId, Srp};
@@ -26,6 +26,9 @@ use crate::transport::Transport;
 const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+/// Client output, in bytes over all connections, small enough to write before the
+/// frames of a token visit.
+const SMALL_OUTPUT: usize = 16 << 10;
 /// Connection tokens start here (slab slot + CONN_BASE).
 pub const CONN_BASE: usize = 16;
 
@@ -110,16 +113,7 @@ impl Daemon {
                             continue;
                         };
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            let srp = &self.srp;
-                            let max = self.send_queue_max;
-                            let waiting = pending.len();
-                            let mut room = || {
-                                if waiting > 0 {
-                                    0
-                                } else {
-                                    max.saturating_sub(srp.send_queue_len())
-                                }
-                            };
+                            let mut room = self.mcast_room(&pending);
                             self.ipc.readable(
                                 slot,
                                 poll.registry(),
@@ -139,6 +133,24 @@ impl Daemon {
                 self.registry.handle_timeout(now);
             }
             self.pump(now, &poll, &mut pending);
+            // Requests that had to wait go on as soon as Totem has room again.
+            while self.ipc.has_parked() {
+                let mut room = self.mcast_room(&pending);
+                if room == 0 {
+                    break;
+                }
+                let now = clock.now();
+                if self
+                    .ipc
+                    .resume(poll.registry(), &mut self.registry, now, &mut room)
+                    == 0
+                {
+                    break;
+                }
+                self.pump(now, &poll, &mut pending);
+            }
+            // Everything this turn queued for the clients, one write per connection.
+            self.ipc.flush_dirty(poll.registry(), &mut self.registry);
             let seq = self.srp.ring_seq_high();
             if seq != persisted_seq {
                 match self.runtime.store_ring_seq(seq) {
@@ -150,8 +162,20 @@ impl Daemon {
 
         self.srp.leave(clock.now());
         self.pump(clock.now(), &poll, &mut pending);
+        self.ipc.flush_dirty(poll.registry(), &mut self.registry);
         info!(target: "main", "node {} left the ring", self.me);
         Ok(())
+    }
+
+    /// How many more multicasts Totem's send queue takes now: none while multicasts
+    /// the registry made still wait for room.
+    fn mcast_room(&self, pending: &VecDeque<Bytes>) -> usize {
+        if pending.is_empty() {
+            self.send_queue_max
+                .saturating_sub(self.srp.send_queue_len())
+        } else {
+            0
+        }
     }
 
     /// Moves everything that is ready until nothing moves any more.
@@ -189,25 +213,17 @@ impl Daemon {
                         id,
                         error,
                         body,
-                    } => {
-                        let mut frame =
-                            BytesMut::with_capacity(ipc::RESPONSE_HEADER_LEN + body.len());
-                        ipc::put_response(&mut frame, id, error, &body);
-                        self.ipc
-                            .send(conn, frame.freeze(), poll.registry(), &mut self.registry);
-                    }
-                    Effect::Dispatch { conn, id, body } => {
-                        let mut frame =
-                            BytesMut::with_capacity(ipc::RESPONSE_HEADER_LEN + body.len());
-                        ipc::put_response(
-                            &mut frame,
-                            id | CALLBACK_FLAG,
-                            ais_proto::SaError::Ok,
-                            &body,
-                        );
-                        self.ipc
-                            .send(conn, frame.freeze(), poll.registry(), &mut self.registry);
-                    }
+                    } => self
+                        .ipc
+                        .send(conn, id, error, &body, poll.registry(), &mut self.registry),
+                    Effect::Dispatch { conn, id, body } => self.ipc.send(
+                        conn,
+                        id | CALLBACK_FLAG,
+                        ais_proto::SaError::Ok,
+                        &body,
+                        poll.registry(),
+                        &mut self.registry,
+                    ),
                     Effect::Disconnect { conn } => {
                         self.ipc.close_conn(
                             conn,
@@ -238,6 +254,14 @@ impl Daemon {
                     dest => self.transport.send(dest, &t.data),
                 }
             }
+            // A little output for the clients (a few deliveries: the latency case) goes
+            // first, so a client runs while the frames are on their way; a burst goes
+            // after them, so that the token is not held up behind it.
+            if self.ipc.dirty_output_below(SMALL_OUTPUT) {
+                self.ipc.flush_dirty(poll.registry(), &mut self.registry);
+            }
+            // This visit's frames and the token, in order, in one system call.
+            self.transport.flush();
             for frame in to_self.drain(..) {
                 progress = true;
                 self.srp.handle_datagram(now, frame);

@@ -26,8 +26,13 @@ use totem::Instant;
 /// Bytes a connection may have waiting to be written before it is judged stuck.
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 /// Bytes read from one connection per readiness event, so one busy client cannot starve
-/// the others or Totem.
-const READ_BUDGET: usize = 4 << 20;
+/// the others or Totem (a pipelining client keeps its socket full).
+const READ_BUDGET: usize = 256 << 10;
+/// What one read asks the kernel for.
+const READ_CHUNK: usize = 64 << 10;
+/// An output buffer this large is given back to the allocator once it is empty, so a
+/// burst does not keep its memory resident.
+const OUT_SHRINK: usize = 1 << 20;
 
 /// Who may connect, besides root and the executive's own user.
 #[derive(Clone, Debug, Default)]
@@ -67,8 +72,16 @@ struct Conn {
     cred: ConnInfo,
     state: State,
     inbuf: BytesMut,
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
+    /// A request taken off `inbuf` that the registry said must wait; it is served first
+    /// when the connection resumes.
+    held: Option<(u32, Bytes)>,
+    /// Whether the connection is in `IpcServer::parked`: neither read nor served until
+    /// resumed, so its requests stay in order behind `held`.
+    parked: bool,
+    /// Encoded frames not yet written, oldest first.
+    out: BytesMut,
+    /// Whether the connection is in `IpcServer::dirty` (output to flush this turn).
+    dirty: bool,
     /// Whether WRITABLE interest is registered (only while output waits).
     want_write: bool,
 }
@@ -81,6 +94,12 @@ pub struct IpcServer {
     token_base: usize,
     access: Access,
     stats: IpcStats,
+    /// Connections with output queued since the last [`IpcServer::flush_dirty`].
+    dirty: Vec<usize>,
+    /// Connections holding a request that must wait, in the order they stopped.
+    parked: VecDeque<usize>,
+    /// The buffer reads go into (zeroed once, reused).
+    scratch: Vec<u8>,
 }
 
 impl IpcServer {
@@ -103,6 +122,9 @@ impl IpcServer {
             token_base,
             access,
             stats: IpcStats::default(),
+            dirty: Vec::new(),
+            parked: VecDeque::new(),
+            scratch: vec![0; READ_CHUNK],
         })
     }
 
@@ -164,8 +186,10 @@ impl IpcServer {
                 cred,
                 state: State::AwaitConnect,
                 inbuf: BytesMut::with_capacity(4096),
-                out: VecDeque::new(),
-                out_bytes: 0,
+                held: None,
+                parked: false,
+                out: BytesMut::new(),
+                dirty: false,
                 want_write: false,
             });
             self.stats.accepted += 1;
@@ -180,51 +204,43 @@ impl IpcServer {
             .filter(|k| self.conns.contains(*k))
     }
 
-    /// Reads what the connection in `slot` sent and hands each whole frame on.
+    /// Whether some connection holds a request that must wait.
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Serves what the connection in `slot` sent: whole frames already buffered first,
+    /// then reads until the socket is empty, the read budget is spent, or a request must
+    /// wait (then the connection is parked and not read until [`IpcServer::resume`]).
+    /// `room` is how many more multicasts Totem takes now; each request served counts
+    /// against it. Returns how many requests were served.
     pub fn readable(
         &mut self,
         slot: usize,
         poll: &MioRegistry,
         reg: &mut Registry,
         now: Instant,
-        room: &mut dyn FnMut() -> usize,
-    ) {
+        room: &mut usize,
+    ) -> usize {
+        let mut served = 0;
         let mut budget = READ_BUDGET;
-        let mut closed = None;
-        if let Some(conn) = self.conns.get_mut(slot) {
-            let mut chunk = [0u8; 16 * 1024];
-            while budget > 0 {
-                match conn.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        closed = Some("closed by peer".to_string());
-                        break;
-                    }
-                    Ok(n) => {
-                        conn.inbuf.extend_from_slice(&chunk[..n]);
-                        budget = budget.saturating_sub(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        closed = Some(format!("read error: {e}"));
-                        break;
-                    }
+        loop {
+            match self.process_frames(slot, reg, now, room) {
+                Ok(n) => served += n,
+                Err(why) => {
+                    self.stats.closed_bad_frame += 1;
+                    self.close(slot, poll, reg, &why, true);
+                    return served;
                 }
             }
-        }
-        // Frames already complete are served even if the peer then closed.
-        if let Err(why) = self.process_frames(slot, reg, now, room) {
-            self.stats.closed_bad_frame += 1;
-            self.close(slot, poll, reg, &why, true);
-            return;
-        }
-        // The handshake reply is queued here, not by the registry: write it out.
-        self.flush(slot, poll, reg);
-        if let Some(why) = closed {
-            self.close(slot, poll, reg, &why, false);
-        } else if budget == 0 {
-            // More may be waiting: mio is edge-triggered, so ask to be woken again.
-            if let Some(conn) = self.conns.get_mut(slot) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return served;
+            };
+            if conn.parked {
+                return served;
+            }
+            if budget == 0 {
+                // More may be waiting: mio is edge-triggered, so ask to be woken again.
                 let token = Token(self.token_base + slot);
                 let interest = if conn.want_write {
                     Interest::READABLE | Interest::WRITABLE
@@ -232,8 +248,50 @@ impl IpcServer {
                     Interest::READABLE
                 };
                 let _ = poll.reregister(&mut conn.stream, token, interest);
+                return served;
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    // Frames already complete were served above.
+                    self.close(slot, poll, reg, "closed by peer", false);
+                    return served;
+                }
+                Ok(n) => {
+                    conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return served,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(slot, poll, reg, &format!("read error: {e}"), false);
+                    return served;
+                }
             }
         }
+    }
+
+    /// Gives every parked connection another go, oldest first, while `room` lasts
+    /// (one that must still wait goes to the back). Returns how many requests were
+    /// served.
+    pub fn resume(
+        &mut self,
+        poll: &MioRegistry,
+        reg: &mut Registry,
+        now: Instant,
+        room: &mut usize,
+    ) -> usize {
+        let mut served = 0;
+        for _ in 0..self.parked.len() {
+            let Some(slot) = self.parked.pop_front() else {
+                break;
+            };
+            match self.conns.get_mut(slot) {
+                Some(c) if c.parked => c.parked = false,
+                _ => continue,
+            }
+            served += self.readable(slot, poll, reg, now, room);
+        }
+        served
     }
 
     fn process_frames(
@@ -241,20 +299,24 @@ impl IpcServer {
         slot: usize,
         reg: &mut Registry,
         now: Instant,
-        room: &mut dyn FnMut() -> usize,
-    ) -> Result<(), String> {
+        room: &mut usize,
+    ) -> Result<usize, String> {
+        let mut served = 0;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
-                return Ok(());
+                return Ok(served);
             };
-            let (id, body) = match ipc::take_request(&mut conn.inbuf) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("bad frame: {e}")),
+            let (id, body) = match conn.held.take() {
+                Some(f) => f,
+                None => match ipc::take_request(&mut conn.inbuf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(served),
+                    Err(e) => return Err(format!("bad frame: {e}")),
+                },
             };
-            self.stats.requests += 1;
             match conn.state {
                 State::AwaitConnect => {
+                    self.stats.requests += 1;
                     if id != CONNECT_ID {
                         return Err(format!("request {id} before the connect handshake"));
                     }
@@ -275,33 +337,48 @@ impl IpcServer {
                         error
                     };
                     let reply = ConnectReply { version }.to_bytes();
-                    let mut frame = BytesMut::new();
-                    ipc::put_response(&mut frame, CONNECT_ID, error, &reply);
                     conn.state = if error == SaError::Ok {
                         State::Bound(connect.service)
                     } else {
                         State::AwaitConnect
                     };
                     debug!(target: "ipc", "connection {} asks service {} version {}: {error}", conn_id.0, connect.service, connect.version);
-                    let frame = frame.freeze();
-                    self.queue(slot, frame);
+                    // A fresh connection's buffer is far below the bound.
+                    self.queue(slot, CONNECT_ID, error, &reply);
                 }
                 State::Bound(_) => {
                     let conn_id = conn.id;
-                    let r = room();
-                    reg.lib_request(now, conn_id, id, body, r);
+                    if reg.lib_request_must_wait(conn_id, id, *room) {
+                        conn.held = Some((id, body));
+                        conn.parked = true;
+                        self.parked.push_back(slot);
+                        return Ok(served);
+                    }
+                    self.stats.requests += 1;
+                    reg.lib_request(now, conn_id, id, body, *room);
+                    *room = room.saturating_sub(1);
+                    served += 1;
                 }
             }
         }
     }
 
-    /// Queues a frame for the connection `conn`; false if it is gone or was closed for
-    /// not reading (the caller then tells the registry).
-    pub fn send(&mut self, conn: ConnId, frame: Bytes, poll: &MioRegistry, reg: &mut Registry) {
+    /// Queues a response or callback frame for the connection `conn`, to be written by
+    /// [`IpcServer::flush_dirty`]; a connection whose output is over its bound (a client
+    /// that stopped reading) is closed and the registry told.
+    pub fn send(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        error: SaError,
+        body: &[u8],
+        poll: &MioRegistry,
+        reg: &mut Registry,
+    ) {
         let Some(&slot) = self.by_id.get(&conn) else {
             return; // closed meanwhile: the registry was told then
         };
-        if !self.queue(slot, frame) {
+        if !self.queue(slot, id, error, body) {
             self.stats.closed_slow += 1;
             self.close(
                 slot,
@@ -310,41 +387,66 @@ impl IpcServer {
                 "output queue over its bound (client not reading)",
                 true,
             );
-        } else {
-            self.flush(slot, poll, reg);
         }
     }
 
-    fn queue(&mut self, slot: usize, frame: Bytes) -> bool {
+    /// Encodes a frame onto the connection in `slot`'s output; false if that would
+    /// pass [`MAX_OUTPUT_BYTES`].
+    fn queue(&mut self, slot: usize, id: u32, error: SaError, body: &[u8]) -> bool {
         let Some(c) = self.conns.get_mut(slot) else {
             return true;
         };
-        if c.out_bytes + frame.len() > MAX_OUTPUT_BYTES {
+        if c.out.len() + ipc::RESPONSE_HEADER_LEN + body.len() > MAX_OUTPUT_BYTES {
             return false;
         }
-        c.out_bytes += frame.len();
-        c.out.push_back(frame);
+        ipc::put_response(&mut c.out, id, error, body);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(slot);
+        }
         true
+    }
+
+    /// Whether the output queued since the last [`IpcServer::flush_dirty`], over all
+    /// connections, is below `limit` bytes.
+    pub fn dirty_output_below(&self, limit: usize) -> bool {
+        let mut total = 0;
+        for &slot in &self.dirty {
+            total += self.conns.get(slot).map_or(0, |c| c.out.len());
+            if total >= limit {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes the output queued since the last call, one write per connection (as much
+    /// as each socket takes; the rest when it is writable again).
+    pub fn flush_dirty(&mut self, poll: &MioRegistry, reg: &mut Registry) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.dirty = false;
+                self.flush(slot, poll, reg);
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
     }
 
     /// Writes as much queued output as the socket takes.
     pub fn flush(&mut self, slot: usize, poll: &MioRegistry, reg: &mut Registry) {
         let mut failed = None;
         if let Some(c) = self.conns.get_mut(slot) {
-            while let Some(front) = c.out.front_mut() {
-                match c.stream.write(front) {
+            while !c.out.is_empty() {
+                match c.stream.write(&c.out) {
                     Ok(0) => {
                         failed = Some("write returned 0".to_string());
                         break;
                     }
-                    Ok(n) => {
-                        c.out_bytes -= n;
-                        if n == front.len() {
-                            c.out.pop_front();
-                        } else {
-                            front.advance(n);
-                        }
-                    }
+                    Ok(n) => c.out.advance(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -352,6 +454,9 @@ impl IpcServer {
                         break;
                     }
                 }
+            }
+            if c.out.is_empty() && c.out.capacity() > OUT_SHRINK {
+                c.out = BytesMut::new();
             }
             let want = !c.out.is_empty();
             if want != c.want_write && failed.is_none() {

@@ -7,11 +7,13 @@
 //! their IPv4 address (corosync's default), the address is known before hearing from them.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use log::{debug, trace};
+use rustix::net::addr::SocketAddrArg;
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::crypto::FrameCrypto;
@@ -40,6 +42,8 @@ pub struct TransportConfig {
 #[derive(Clone, Debug, Default)]
 pub struct TransportStats {
     pub datagrams_sent: u64,
+    /// `sendmmsg` calls that carried them.
+    pub send_batches: u64,
     pub send_errors: u64,
     pub datagrams_received: u64,
     /// Unicast frames for a node whose address we do not know yet.
@@ -58,6 +62,9 @@ pub struct Transport {
     /// Where a multicast goes: the group, or every member but us.
     targets: Vec<SocketAddr>,
     recv_buf: Vec<u8>,
+    /// Datagrams queued by [`Transport::send`] for the next [`Transport::flush`], in
+    /// order, with their destination.
+    queued: Vec<(Bytes, SocketAddr)>,
     stats: TransportStats,
     /// Seals and opens every frame when secauth is on.
     crypto: Option<FrameCrypto>,
@@ -69,9 +76,19 @@ impl Transport {
         let domain = Domain::for_address(my_addr);
         let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_nonblocking(true)?;
-        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-        let _ = socket.set_recv_buffer_size(cfg.buffer_bytes);
-        let _ = socket.set_send_buffer_size(cfg.buffer_bytes);
+        // The receive buffer must hold a whole rotation's burst of frames. As root the
+        // FORCE options pass net.core.{r,w}mem_max; otherwise the kernel caps the size
+        // there (the caller reads back what it got: `recv_buffer_bytes`).
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, cfg.buffer_bytes)
+            .is_err()
+        {
+            let _ = socket.set_recv_buffer_size(cfg.buffer_bytes);
+        }
+        if rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, cfg.buffer_bytes)
+            .is_err()
+        {
+            let _ = socket.set_send_buffer_size(cfg.buffer_bytes);
+        }
         let mut peers = BTreeMap::new();
         match &cfg.mode {
             Mode::Multicast { group, ttl } => {
@@ -127,6 +144,7 @@ impl Transport {
             peers,
             targets,
             recv_buf: vec![0; 65_536],
+            queued: Vec::new(),
             stats: TransportStats::default(),
             crypto,
         })
@@ -149,41 +167,81 @@ impl Transport {
         &self.peers
     }
 
-    /// Sends a frame; errors are counted and logged, never fatal (UDP may drop anyway).
-    pub fn send(&mut self, dest: Dest, data: &[u8]) {
-        let sealed;
+    /// The receive buffer the kernel granted, in its own accounting (which counts
+    /// each datagram's bookkeeping as well as its bytes).
+    pub fn recv_buffer_bytes(&self) -> usize {
+        rustix::net::sockopt::socket_recv_buffer_size(&self.socket).unwrap_or(0)
+    }
+
+    /// Queues a frame for [`Transport::flush`] (frames keep their order); errors are
+    /// counted and logged there, never fatal (UDP may drop anyway).
+    pub fn send(&mut self, dest: Dest, data: &Bytes) {
         let data = match self.crypto.as_mut() {
-            Some(c) => {
-                sealed = c.seal(data);
-                &sealed[..]
-            }
-            None => data,
+            Some(c) => c.seal(data),
+            None => data.clone(),
         };
         match dest {
             Dest::Unicast(node) => match self.peers.get(&node).copied() {
-                Some(addr) => self.send_to(data, addr),
+                Some(addr) => self.queued.push((data, addr)),
                 None => {
                     self.stats.unknown_destination += 1;
                     debug!(target: "totem", "no address known for node {node}; frame dropped");
                 }
             },
             Dest::Multicast => {
-                for i in 0..self.targets.len() {
-                    let to = self.targets[i];
-                    self.send_to(data, to);
+                for &to in &self.targets {
+                    self.queued.push((data.clone(), to));
                 }
             }
         }
     }
 
-    fn send_to(&mut self, data: &[u8], to: SocketAddr) {
-        match self.socket.send_to(data, to) {
-            Ok(_) => self.stats.datagrams_sent += 1,
-            Err(e) => {
-                self.stats.send_errors += 1;
-                trace!(target: "totem", "send to {to}: {e}");
+    /// Sends every queued frame, as few `sendmmsg` calls as it takes: one system call
+    /// for all the frames (and all the members, with udpu) of a token visit.
+    pub fn flush(&mut self) {
+        /// Datagrams per call (the kernel takes at most UIO_MAXIOV = 1024).
+        const BATCH: usize = 256;
+        let queued = std::mem::take(&mut self.queued);
+        let mut rest = &queued[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(BATCH)];
+            let addrs: Vec<SocketAddrAny> = chunk.iter().map(|(_, to)| to.as_any()).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|(d, _)| [IoSlice::new(d)]).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = chunk
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
+                .collect();
+            let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                .iter()
+                .zip(&iovs)
+                .zip(controls.iter_mut())
+                .map(|((to, iov), control)| MMsgHdr::new_with_addr(to, iov, control))
+                .collect();
+            match rustix::net::sendmmsg(&self.socket, &mut msgs, SendFlags::empty()) {
+                Ok(n) if n > 0 => {
+                    self.stats.send_batches += 1;
+                    self.stats.datagrams_sent += n as u64;
+                    rest = &rest[n..];
+                }
+                Ok(_) => {
+                    // Nothing sent and no error: count the first as lost and go on.
+                    self.stats.send_errors += 1;
+                    rest = &rest[1..];
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    // The first datagram failed (a full buffer, an unreachable member):
+                    // UDP may lose it anyway, Totem recovers; go on with the others.
+                    self.stats.send_errors += 1;
+                    trace!(target: "totem", "send to {}: {e}", rest[0].1);
+                    rest = &rest[1..];
+                }
             }
         }
+        let mut queued = queued;
+        queued.clear();
+        self.queued = queued; // keep the allocation
     }
 
     /// One datagram, or `None` when the socket has no more for now.

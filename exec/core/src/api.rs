@@ -136,7 +136,7 @@ impl Api {
     /// [`Api::mcast`] of an encodable message, encoded straight behind the header.
     pub fn mcast_msg<T: Encode + ?Sized>(&mut self, func: u16, body: &T) -> Result<(), SaError> {
         let id = MsgId::new(self.service, func);
-        let mut msg = BytesMut::new();
+        let mut msg = BytesMut::with_capacity(MsgId::LEN + body.size_hint());
         id.encode(&mut msg);
         body.encode(&mut msg);
         self.push_mcast(id, msg)

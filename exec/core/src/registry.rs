@@ -383,6 +383,28 @@ impl Registry {
         self.api.response(conn, id, error, Bytes::new());
     }
 
+    /// Whether [`Registry::lib_request`] would refuse request `id` of `conn` with
+    /// `TryAgain` for a passing reason (`flow_control` with no `mcast_room`, or
+    /// `needs_sync` while sync runs). The daemon asks this first and, when true, leaves
+    /// the request (and everything behind it on that connection) waiting in the
+    /// connection instead: a client may then send requests without waiting for each
+    /// answer, knowing none is refused for a reason that would have passed (DESIGN.md
+    /// §5, backpressure). False for unknown connections and ids: those are answered.
+    pub fn lib_request_must_wait(&self, conn: ConnId, id: u32, mcast_room: usize) -> bool {
+        let Some(&service) = self.conns.get(&conn) else {
+            return false;
+        };
+        let Some(i) = self.index_of(service) else {
+            return false;
+        };
+        match self.services[i].lib_handler(id) {
+            Some((flow_control, needs_sync)) => {
+                (needs_sync && !self.is_synced()) || (flow_control && mcast_room == 0)
+            }
+            None => false,
+        }
+    }
+
     /// `conn` closed: unbinds it and calls its service's `lib_exit`. Effects for it are
     /// dropped from now on. No-op for a connection that is not bound.
     pub fn lib_disconnect(&mut self, conn: ConnId) {

@@ -495,6 +495,27 @@ fn needs_sync_requests_wait_for_the_first_sync_and_lib_handlers_see_the_time() {
 }
 
 #[test]
+fn must_wait_names_exactly_the_requests_try_again_would_refuse() {
+    let mut r = Registry::new(NodeId(1));
+    r.register(Kv::default());
+    r.lib_connect(ConnId(1), KV, ConnInfo::default()).unwrap();
+    // Before the first sync: needs_sync requests wait, others do not.
+    assert!(r.lib_request_must_wait(ConnId(1), req::SET, 10));
+    assert!(!r.lib_request_must_wait(ConnId(1), req::PING, 10));
+    r.confchg(&regular(4, &[1]));
+    let mut out = vec![Vec::new()];
+    exchange(std::slice::from_mut(&mut r), &mut out);
+    assert!(r.is_synced());
+    // Synced: only flow control with no room.
+    assert!(!r.lib_request_must_wait(ConnId(1), req::SET, 1));
+    assert!(r.lib_request_must_wait(ConnId(1), req::SET, 0));
+    assert!(!r.lib_request_must_wait(ConnId(1), req::GET, 0));
+    // Unknown ids and connections are answered, never held.
+    assert!(!r.lib_request_must_wait(ConnId(1), 999, 0));
+    assert!(!r.lib_request_must_wait(ConnId(9), req::SET, 0));
+}
+
+#[test]
 fn flow_control_answers_try_again_without_calling_the_handler() {
     let mut r = Registry::new(NodeId(1));
     r.register(Kv::default());

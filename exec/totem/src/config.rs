@@ -105,9 +105,12 @@ pub struct TotemConfig {
     /// idle and the hold timer starts (default 30).
     pub seqno_unchanged_const: u32,
     /// `window_size`: most messages the whole ring may send in one token rotation, to
-    /// keep receive buffers from overflowing (default 50).
+    /// keep receive buffers from overflowing (default 1000; corosync's 50 halves the
+    /// throughput of 1 KiB messages on a LAN, test/bench/RESULTS.md; the daemon lowers
+    /// it to what the receive buffer the kernel grants holds).
     pub window_size: u32,
-    /// `max_messages`: most messages one member may send per token visit (default 17).
+    /// `max_messages`: most messages one member may send per token visit (default 500;
+    /// corosync's is 17).
     pub max_messages: u32,
     /// `miss_count_const`: token visits a missing message waits before this member asks
     /// for it again, so a message still in flight is not requested (default 5).
@@ -116,14 +119,25 @@ pub struct TotemConfig {
     /// declared lost; sets the default token_retransmit (default 4).
     pub token_retransmits_before_loss_const: u32,
     /// `netmtu`: largest IP datagram Totem sends, headers included; frames are sized to
-    /// it so they are never fragmented by IP (default 1500).
+    /// it (default 9000). Above the link's MTU, IP fragments each frame: on Linux a
+    /// fragment costs about half of a datagram of its size (no socket lookup, queueing
+    /// or wake-up of its own), so on a 1500-byte LAN 9000 sends 1 KiB messages at 1.6x
+    /// the rate of 1500 for half the CPU (test/bench/RESULTS.md). Set it to the link's
+    /// MTU where fragments are filtered or loss is high (a lost fragment loses the frame).
     pub netmtu: u32,
+    /// `accelerated_window`: the accelerated ring (Babay and Amir, ICDCS 2016): of the
+    /// new frames a member sends in a token visit, up to this many go out after the
+    /// token instead of before it, so the next member starts its own visit while they
+    /// are still on the wire. Order is unchanged (the token already carries their
+    /// numbers); off during recovery. 0 (the default) is the classic ring.
+    pub accelerated_window: u32,
     /// `send_queue_max_msgs`: most local messages waiting for the token; beyond it
     /// `mcast` refuses, so a fast sender is pushed back (default 16384).
     pub send_queue_max_msgs: u32,
     /// `send_queue_max_bytes`: most bytes of local messages waiting for the token, for
-    /// the same reason (default 32 MiB; at least 1 MiB + 64 KiB so one largest message
-    /// fits).
+    /// the same reason (default 8 MiB, about two token visits of full frames: more
+    /// only adds queueing delay and memory under a flood; at least 1 MiB + 64 KiB so
+    /// one largest message fits).
     pub send_queue_max_bytes: u32,
 }
 
@@ -140,13 +154,14 @@ impl Default for TotemConfig {
             downcheck_ms: 1000,
             fail_recv_const: 2500,
             seqno_unchanged_const: 30,
-            window_size: 50,
-            max_messages: 17,
+            window_size: 1000,
+            max_messages: 500,
             miss_count_const: 5,
             token_retransmits_before_loss_const: 4,
-            netmtu: 1500,
+            netmtu: 9000,
+            accelerated_window: 0,
             send_queue_max_msgs: 16384,
-            send_queue_max_bytes: 32 << 20,
+            send_queue_max_bytes: 8 << 20,
         }
     }
 }
@@ -180,6 +195,8 @@ pub struct Params {
     /// Largest Totem frame: netmtu less IPv4 and UDP headers. At least
     /// `wire::MCAST_OVERHEAD_MAX` + 512, at most `wire::MAX_FRAME_LEN`.
     pub max_frame_len: usize,
+    /// New frames of a visit sent after the token (0: none).
+    pub accelerated_window: u32,
     pub send_queue_max_msgs: u32,
     /// At least one whole largest message with its overhead.
     pub send_queue_max_bytes: u32,
@@ -279,6 +296,7 @@ impl TotemConfig {
             miss_count_const: self.miss_count_const,
             token_retransmits_before_loss_const: self.token_retransmits_before_loss_const,
             max_frame_len,
+            accelerated_window: self.accelerated_window,
             send_queue_max_msgs: self.send_queue_max_msgs,
             send_queue_max_bytes: self.send_queue_max_bytes,
             _sealed: (),
@@ -729,13 +747,13 @@ mod tests {
         assert_eq!(p.downcheck_us, ms(1000));
         assert_eq!(p.fail_recv_const, 2500);
         assert_eq!(p.seqno_unchanged_const, 30);
-        assert_eq!(p.window_size, 50);
-        assert_eq!(p.max_messages, 17);
+        assert_eq!(p.window_size, 1000);
+        assert_eq!(p.max_messages, 500);
         assert_eq!(p.miss_count_const, 5);
         assert_eq!(p.token_retransmits_before_loss_const, 4);
-        assert_eq!(p.max_frame_len, 1472);
+        assert_eq!(p.max_frame_len, 8972);
         assert_eq!(p.send_queue_max_msgs, 16384);
-        assert_eq!(p.send_queue_max_bytes, 32 << 20);
+        assert_eq!(p.send_queue_max_bytes, 8 << 20);
     }
 
     #[test]
@@ -908,7 +926,7 @@ mod tests {
             ("window_size", 1, |c| c.window_size = 0),
             ("window_size", 1, |c| c.window_size = MAX_WINDOW_SIZE + 1),
             ("max_messages", 1, |c| c.max_messages = 0),
-            ("max_messages", 1, |c| c.max_messages = 51),
+            ("max_messages", 1, |c| c.max_messages = c.window_size + 1),
             ("netmtu", 1, |c| c.netmtu = MIN_NETMTU - 1),
             ("netmtu", 1, |c| c.netmtu = 575),
             ("netmtu", 1, |c| c.netmtu = MAX_NETMTU + 1),

@@ -86,6 +86,16 @@ impl Srp {
         self.prev_token_aru = incoming_aru;
         self.prev_token_seq = tok.seq;
 
+        // The accelerated ring: the newest frames may follow the token (never during
+        // recovery, never all of them: at least one goes first).
+        let after = if in_recovery {
+            0
+        } else {
+            (self.p.accelerated_window as usize)
+                .min(originated as usize)
+                .min(sends.frames.len().saturating_sub(1))
+        };
+        let trailing = sends.frames.split_off(sends.frames.len() - after);
         for f in sends.frames {
             self.send(Dest::Multicast, f);
         }
@@ -94,6 +104,7 @@ impl Srp {
             if let Some(lagging) = tok.aru_addr.filter(|&n| n != self.me) {
                 warn!(target: "totem", "{}: {lagging} failed to receive for {} rotations; reforming without it",
                     self.me, self.aru_stuck);
+                self.send_all(trailing);
                 self.new_episode();
                 self.fail_set.insert(lagging);
                 self.gather_enter("failed to receive");
@@ -120,11 +131,19 @@ impl Srp {
         }
         if am_rep && self.idle_visits > self.p.seqno_unchanged_const && self.packer.is_empty() {
             // An idle ring: sit on the token for a while instead of spinning it.
+            self.send_all(trailing);
             self.held_token = Some(tok);
             self.set_timer(Timer::Hold, self.p.hold_us);
             return;
         }
         self.forward_token(tok);
+        self.send_all(trailing);
+    }
+
+    fn send_all(&mut self, frames: Vec<Bytes>) {
+        for f in frames {
+            self.send(Dest::Multicast, f);
+        }
     }
 
     /// Resends requested frames we hold, within this visit's budget; drops requests for

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ais_proto::cpg::{
     cb, req, Address, ConfchgCb, DeliverCb, GroupName, GroupReq, LocalGetRes, McastReq,
@@ -33,6 +33,8 @@ use bytes::{BufMut, BytesMut};
 pub const NODEID: u32 = 0x0a00_0001;
 /// How often idle threads look at the stop flag.
 pub const POLL: Duration = Duration::from_millis(20);
+/// How long `McastTryAgain` leaves pipelined multicasts unanswered.
+pub const HOLD: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -43,7 +45,10 @@ pub enum Mode {
     /// The callbacks a request causes are sent before its response, so they are
     /// already queued in the library when the request returns.
     CallbacksFirst,
-    /// `MCAST` is answered `TryAgain`, as when Totem's send queue is full.
+    /// `MCAST` is answered `TryAgain` when it waits for its answer (not joined); while
+    /// joined (pipelined), it is not answered for [`HOLD`], as when the executive lets
+    /// requests wait because Totem's send queue is full; then the waiting ones are
+    /// answered `Ok` (accepted, not delivered).
     McastTryAgain,
     /// After the handshake, every request is answered by a frame whose size field is
     /// above `MAX_FRAME_LEN`.
@@ -79,6 +84,8 @@ struct CpgState {
     conns: BTreeMap<u64, UnixStream>,
     /// Each group's members in join order, with the connection each joined through.
     groups: BTreeMap<GroupName, Vec<(u64, Address)>>,
+    /// `McastTryAgain`: unanswered multicasts per connection, since when.
+    held: BTreeMap<u64, (u32, Instant)>,
 }
 
 impl FakeExec {
@@ -189,6 +196,7 @@ fn serve(shared: Arc<Shared>, stream: UnixStream, conn: u64) {
                 Err(_) => break 'serve,
             }
         }
+        shared.release_held(&stream, conn);
         let mut chunk = vec![0u8; 64 * 1024];
         match (&stream).read(&mut chunk) {
             Ok(0) => break,
@@ -234,6 +242,19 @@ impl Shared {
         true
     }
 
+    /// `McastTryAgain`: answers the multicasts of `conn` held for [`HOLD`].
+    fn release_held(&self, stream: &UnixStream, conn: u64) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(&(n, since)) = st.held.get(&conn) {
+            if since.elapsed() >= HOLD {
+                st.held.remove(&conn);
+                for _ in 0..n {
+                    send(stream, req::MCAST, SaError::Ok, &[]);
+                }
+            }
+        }
+    }
+
     /// Answers one CPG request; whether to keep the connection.
     fn request(&self, stream: &UnixStream, conn: u64, id: u32, body: bytes::Bytes) -> bool {
         match self.mode {
@@ -258,6 +279,13 @@ impl Shared {
             _ => {}
         }
         let mut st = self.state.lock().unwrap();
+        if self.mode == Mode::McastTryAgain {
+            let joined = st.groups.values().flatten().any(|(c, _)| *c == conn);
+            if id == req::MCAST && joined {
+                st.held.entry(conn).or_insert((0, Instant::now())).0 += 1;
+                return true;
+            }
+        }
         // Callbacks are collected, then written before or after the response as the
         // mode says; all under the lock, so every member sees one order.
         let mut callbacks: Vec<(u64, u32, bytes::Bytes)> = Vec::new();

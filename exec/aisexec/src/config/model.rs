@@ -343,6 +343,7 @@ const TIMERS: &[(&str, SetTimer)] = &[
         c.token_retransmits_before_loss_const = v
     }),
     ("netmtu", |c, v| c.netmtu = v),
+    ("accelerated_window", |c, v| c.accelerated_window = v),
     ("send_queue_max_msgs", |c, v| c.send_queue_max_msgs = v),
     ("send_queue_max_bytes", |c, v| c.send_queue_max_bytes = v),
 ];

@@ -147,6 +147,7 @@ fn example_mentions_every_key() {
         "miss_count_const",
         "token_retransmits_before_loss_const",
         "netmtu",
+        "accelerated_window",
         "send_queue_max_msgs",
         "send_queue_max_bytes",
         "ringnumber",
@@ -227,6 +228,7 @@ totem {
     miss_count_const: 6
     token_retransmits_before_loss_const: 5
     netmtu: 9000
+    accelerated_window: 3
     send_queue_max_msgs: 1000
     send_queue_max_bytes: 2000000
     interface {
@@ -265,6 +267,7 @@ totem {
             miss_count_const: 6,
             token_retransmits_before_loss_const: 5,
             netmtu: 9000,
+            accelerated_window: 3,
             send_queue_max_msgs: 1000,
             send_queue_max_bytes: 2_000_000,
         }
@@ -282,8 +285,8 @@ totem {
     );
     assert_eq!(config.local_nodeid(ip("192.168.1.7")), Ok(42));
     // Every key's line is recorded.
-    assert_eq!(config.origin.line_of("totem.send_queue_max_bytes"), 25);
-    assert_eq!(config.origin.line_of("totem.interface.ttl"), 31);
+    assert_eq!(config.origin.line_of("totem.send_queue_max_bytes"), 26);
+    assert_eq!(config.origin.line_of("totem.interface.ttl"), 32);
     assert_eq!(config.origin.file, "test.conf");
 }
 
