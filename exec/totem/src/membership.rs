@@ -313,7 +313,10 @@ impl Srp {
         };
         c.ring_id == ct.ring_id
             && c.members.len() == ct.members.len()
-            && c.members.iter().zip(&ct.members).all(|(a, b)| a.node == b.node)
+            && c.members
+                .iter()
+                .zip(&ct.members)
+                .all(|(a, b)| a.node == b.node)
             && c.members.get(my_idx).map(|m| m.entry) == ct.members.get(my_idx).map(|m| m.entry)
     }
 
