@@ -359,6 +359,9 @@ impl Srp {
             .filter_map(|m| m.entry.as_ref())
             .filter(|e| e.old_ring_id == self.ring_id)
             .collect();
+        // The transitional configuration: the new ring's members that come from our old
+        // ring. It holds us because the token is the one we filled in (`is_our_commit`),
+        // so our own entry names our installed ring.
         let trans: NodeSet = ct
             .members
             .iter()
