@@ -566,6 +566,78 @@ fn crashed_node_that_restarts_rejoins_on_a_ring_numbered_above_all_before() {
     check(&mut c);
 }
 
+/// The sequence of clm_sim seed 3868 (on the `clm` branch), staged: node 2 fills in the
+/// first rotation of the commit token forming {1, 2, 3, 4}, crashes and restarts at
+/// once, with its persisted ring sequence. The token is held up between 3 and 4 (a
+/// partition that isolates 3), so 4 is still gathering and its joins give the new
+/// incarnation the view of that formation; node 1 retransmits the first rotation to 2,
+/// and 2#2 fills it in afresh. Once healed, the rotation that completes is the one 2#1
+/// filled in. Recovering with it installed the ring at 2#2 with an empty transitional
+/// configuration (its entry named 2#1's ring, not its own pre-ring one) while the
+/// others counted 2 among those bringing the old ring's messages; now 2#2 refuses it,
+/// the formation times out, and everyone ends in one ring.
+#[test]
+fn node_restarting_after_filling_in_the_commit_token_is_not_installed_on_its_old_entry() {
+    let mut c = formed(41, 4, profile::fast());
+    c.set_loss(0.0);
+    c.set_dup(0.0);
+    c.set_jitter_us(0);
+    c.crash(4);
+    assert!(
+        c.run_until(|c| c.one_ring(&[1, 2, 3]), 10_000),
+        "no ring of 1, 2 and 3 after the crash of 4\n{}",
+        c.status()
+    );
+    c.send_numbered(2, 100).unwrap();
+    c.run_for(500);
+    c.restart(4);
+    let in_commit = |c: &Cluster, n: u32| {
+        c.srp(n)
+            .is_some_and(|s| s.state() == totem::MembState::Commit && s.members().len() == 3)
+    };
+    // 3 has filled in the first rotation and sent it on to 4: cut 3 off.
+    assert!(
+        c.run_until(|c| in_commit(c, 2) && in_commit(c, 3), 10_000),
+        "no formation of a ring with 4\n{}",
+        c.status()
+    );
+    c.partition(&[&[1, 2, 4], &[3]]);
+    c.crash(2);
+    c.restart(2);
+    // 2#2 hears 4's join, then 1's retransmission of the first rotation, and fills it in.
+    let formation = c.srp(1).unwrap().ring_seq_high();
+    assert!(
+        c.run_until(
+            |c| c
+                .srp(2)
+                .is_some_and(|s| s.state() == totem::MembState::Commit),
+            1_000
+        ),
+        "2#2 did not fill in the retransmitted commit token\n{}",
+        c.status()
+    );
+    assert_eq!(
+        c.srp(2).unwrap().ring_seq_high(),
+        formation,
+        "{}",
+        c.status()
+    );
+    c.heal();
+    let healed = c.run_until(|c| c.all_one_ring(), 10_000);
+    check(&mut c);
+    assert!(healed, "no single ring after healing\n{}", c.status());
+    drain_or_panic(&mut c);
+    check(&mut c);
+    for n in 1..=4 {
+        let trans = c
+            .confchgs(n)
+            .into_iter()
+            .filter(|cc| cc.kind == ConfKind::Transitional)
+            .find(|cc| !cc.members.contains(NodeId(n)));
+        assert!(trans.is_none(), "node {n} installed {trans:?}");
+    }
+}
+
 #[test]
 fn whole_cluster_restart_forms_a_ring_numbered_above_all_before_from_persisted_seqs() {
     let mut c = formed(6, 3, profile::fast());

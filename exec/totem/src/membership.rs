@@ -274,11 +274,7 @@ impl Srp {
                 self.fill_and_forward_commit(ct, my_idx);
             }
             MembState::Commit => {
-                let ours = self
-                    .commit
-                    .as_ref()
-                    .is_some_and(|c| c.ring_id == ct.ring_id);
-                if !ours || !all_filled {
+                if !all_filled || !self.is_our_commit(&ct, my_idx) {
                     return;
                 }
                 self.cancel_timer(Timer::TokenRetransmit);
@@ -296,6 +292,32 @@ impl Srp {
             }
             MembState::Operational => {}
         }
+    }
+
+    /// Whether `ct`, come back with every entry filled, is the commit token we filled in:
+    /// the same ring, the same members, and at our place the very entry we wrote.
+    ///
+    /// The ring id alone does not say it. A node that crashes after filling in a commit
+    /// token and restarts at once (same id, persisted ring sequence) may, while gathering
+    /// anew, fill in a retransmitted copy of that token's first rotation, still addressed
+    /// to it; the copy that completes the rotation is then the one its previous
+    /// incarnation filled in. Entering recovery with it would install the ring on
+    /// another life's word: our transitional configuration is computed from the entries
+    /// of our old ring, and ours there is not from our old ring, so it would leave us
+    /// out (an empty one when we come alone), while the others would count us among
+    /// those who bring their old ring's messages. Refusing it lets the ring being formed
+    /// time out and a new gathering include us as we are.
+    fn is_our_commit(&self, ct: &CommitToken, my_idx: usize) -> bool {
+        let Some(c) = self.commit.as_ref() else {
+            return false;
+        };
+        c.ring_id == ct.ring_id
+            && c.members.len() == ct.members.len()
+            && c.members
+                .iter()
+                .zip(&ct.members)
+                .all(|(a, b)| a.node == b.node)
+            && c.members.get(my_idx).map(|m| m.entry) == ct.members.get(my_idx).map(|m| m.entry)
     }
 
     /// Writes our entry into the commit token (first rotation) and passes it on.
@@ -337,6 +359,9 @@ impl Srp {
             .filter_map(|m| m.entry.as_ref())
             .filter(|e| e.old_ring_id == self.ring_id)
             .collect();
+        // The transitional configuration: the new ring's members that come from our old
+        // ring. It holds us because the token is the one we filled in (`is_our_commit`),
+        // so our own entry names our installed ring.
         let trans: NodeSet = ct
             .members
             .iter()
