@@ -15,7 +15,8 @@
 # and splices the report into test/bench/RESULTS.md between its run.sh markers.
 #
 # Knobs (environment, defaults in brackets): REPS [3], DUR [3] s per throughput run,
-# SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], TRANSPORT [udpu],
+# SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], TRANSPORTS ["udp udpu"]
+# (aisexec's: multicast and unicast),
 # FAIL_REPS [=REPS], SOAK_S [60], IDLE_S [10], COROSYNC [auto|no], CS_TRANSPORTS
 # ["udpu knet"], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
 # AIS_BIN_DIR [target/release]. Builds with `cargo build --release` first unless
@@ -31,7 +32,8 @@ DUR=${DUR:-3}
 SIZES=${SIZES:-"64 1024 8192 65536"}
 LAT_SIZES=${LAT_SIZES:-"64 1024"}
 LAT_S=${LAT_S:-3}
-TRANSPORT=${TRANSPORT:-udpu}
+TRANSPORTS=${TRANSPORTS:-"udp udpu"}
+TRANSPORT=""
 FAIL_REPS=${FAIL_REPS:-$REPS}
 SOAK_S=${SOAK_S:-60}
 IDLE_S=${IDLE_S:-10}
@@ -254,7 +256,7 @@ tput() { # senders size rep
     local res
     res=$(grep '^RESULT' "$WORK/c1.out" | tail -1)
     [ -n "$res" ] || res="RESULT failed=1 $(tail -2 "$WORK/c1.err" | tr '\n' ' ')"
-    echo "test=tput senders=$senders size=$size rep=$rep load=$load $res cpu_exec=$cpu tryagain=$tryagain rss_kib=$(all_rss) hwm_kib=$(all_hwm)" >>"$RAW"
+    echo "transport=$TRANSPORT test=tput senders=$senders size=$size rep=$rep load=$load $res cpu_exec=$cpu tryagain=$tryagain rss_kib=$(all_rss) hwm_kib=$(all_hwm)" >>"$RAW"
     log "tput senders=$senders size=$size rep=$rep: $res cpu=$cpu"
 }
 
@@ -275,7 +277,7 @@ latency() { # size rep
     local res
     res=$(grep '^RESULT' "$WORK/c1.out" | tail -1)
     [ -n "$res" ] || res="RESULT failed=1"
-    echo "test=lat size=$size rep=$rep load=$load $res cpu_exec=$(cpu_pct "$before" "$after" "$LAT_S")" >>"$RAW"
+    echo "transport=$TRANSPORT test=lat size=$size rep=$rep load=$load $res cpu_exec=$(cpu_pct "$before" "$after" "$LAT_S")" >>"$RAW"
     log "lat size=$size rep=$rep: $res"
 }
 
@@ -319,9 +321,9 @@ failure() { # rep
     local token coef
     case $PROFILE in default) token=3000 coef=650 ;; lan) token=300 coef=50 ;; esac
     if [ -n "$t1" ]; then
-        echo "test=fail profile=$PROFILE rep=$rep load=$(loadavg) RESULT detect_ms=$(((t1 - t0) / 1000000)) token_ms=$((token + coef)) consensus_ms=$(((token + coef) * 12 / 10))" >>"$RAW"
+        echo "transport=$TRANSPORT test=fail profile=$PROFILE rep=$rep load=$(loadavg) RESULT detect_ms=$(((t1 - t0) / 1000000)) token_ms=$((token + coef)) consensus_ms=$(((token + coef) * 12 / 10))" >>"$RAW"
     else
-        echo "test=fail profile=$PROFILE rep=$rep RESULT failed=1" >>"$RAW"
+        echo "transport=$TRANSPORT test=fail profile=$PROFILE rep=$rep RESULT failed=1" >>"$RAW"
     fi
     log "fail profile=$PROFILE rep=$rep: $(tail -1 "$RAW" | sed 's/.*RESULT //')"
     kill "${pids[@]}" 2>/dev/null
@@ -339,7 +341,7 @@ soak() {
     tput 3 1024 soak
     DUR=$save
     after=$(grep -c '\] configuration ' "$WORK/n1.log")
-    echo "test=soak profile=$PROFILE seconds=$SOAK_S load=$(loadavg) RESULT membership_changes=$((after - before))" >>"$RAW"
+    echo "transport=$TRANSPORT test=soak profile=$PROFILE seconds=$SOAK_S load=$(loadavg) RESULT membership_changes=$((after - before))" >>"$RAW"
     log "soak: $((after - before)) membership changes in $SOAK_S s"
 }
 
@@ -349,7 +351,7 @@ idle() {
     before=$(all_ticks)
     sleep "$IDLE_S"
     after=$(all_ticks)
-    echo "test=idle seconds=$IDLE_S load=$(loadavg) RESULT cpu_exec=$(cpu_pct "$before" "$after" "$IDLE_S") rss_kib=$(all_rss)" >>"$RAW"
+    echo "transport=$TRANSPORT test=idle seconds=$IDLE_S load=$(loadavg) RESULT cpu_exec=$(cpu_pct "$before" "$after" "$IDLE_S") rss_kib=$(all_rss)" >>"$RAW"
     log "idle: $(tail -1 "$RAW" | sed 's/.*RESULT //')"
 }
 
@@ -376,26 +378,30 @@ net_up || die "cannot set up the namespaces"
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "kernel: $(uname -r)"
     echo "cpus: $(nproc) x $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "aisexec: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) transport=$TRANSPORT"
+    echo "aisexec: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) transports: $TRANSPORTS"
     echo "knobs: REPS=$REPS DUR=$DUR SIZES='$SIZES' LAT_SIZES='$LAT_SIZES' LAT_S=$LAT_S FAIL_REPS=$FAIL_REPS SOAK_S=$SOAK_S IDLE_S=$IDLE_S"
     echo "uptime at start: $(uptime)"
 } >"$WORK/machine.txt"
 STARTED=$SECONDS
 
 measure_wire
-cluster_up default || die "the cluster did not form"
-idle
-for rep in $(seq "$REPS"); do
-    for size in $LAT_SIZES; do latency "$size" "$rep"; done
-    for size in $SIZES; do
-        tput 1 "$size" "$rep"
-        tput 3 "$size" "$rep"
+for TRANSPORT in $TRANSPORTS; do
+    log "aisexec, transport $TRANSPORT"
+    cluster_up default || die "the cluster did not form ($TRANSPORT)"
+    idle
+    for rep in $(seq "$REPS"); do
+        for size in $LAT_SIZES; do latency "$size" "$rep"; done
+        for size in $SIZES; do
+            tput 1 "$size" "$rep"
+            tput 3 "$size" "$rep"
+        done
     done
+    for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
+    cluster_up lan || die "the cluster did not form with the LAN profile ($TRANSPORT)"
+    for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
+    [ "$SOAK_S" -gt 0 ] && soak
+    stop_all
 done
-for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
-cluster_up lan || die "the cluster did not form with the LAN profile"
-for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
-[ "$SOAK_S" -gt 0 ] && soak
 cleanup
 trap - EXIT
 echo "uptime at end: $(uptime)" >>"$WORK/machine.txt"

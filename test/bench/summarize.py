@@ -131,7 +131,7 @@ def report(machine, ais, cs):
     tput = {}
     for d in ais:
         if d.get("test") == "tput" and d.get("rep") != "soak":
-            tput.setdefault((int(d["senders"]), int(d["size"])), []).append(d)
+            tput.setdefault((d.get("transport", "?"), int(d["senders"]), int(d["size"])), []).append(d)
     cs_tput = {}
     for d in cs:
         if d.get("test") == "tput" and d.get("node") == "1":
@@ -141,24 +141,24 @@ def report(machine, ais, cs):
     targets = {(1, 64): 5.0, (1, 1024): 4.0, (3, 1024): 4.0}
     if tput:
         w("### CPG throughput at node 1 (AGREED, own deliveries included)\n")
-        head = "| senders | size | aisexec msgs/s | aisexec MB/s | executive CPU % n1/n2/n3 (sum) | µs CPU per msg |"
-        sep = "|---|---|---|---|---|---|"
+        head = "| aisexec transport | senders | size | aisexec msgs/s | aisexec MB/s | executive CPU % n1/n2/n3 (sum) | µs CPU per msg |"
+        sep = "|---|---|---|---|---|---|---|"
         for t in transports:
             head += f" corosync {t} msgs/s | ratio vs {t} |"
             sep += "---|---|"
-        head += " target | verdict |"
-        sep += "---|---|"
+        head += " target | verdict | CPU/msg vs corosync (≤ 0.33×) |"
+        sep += "---|---|---|"
         w(head)
         w(sep)
-        for key in sorted(tput):
-            senders, size = key
+        for key in sorted(tput, key=lambda k: (k[1], k[2], k[0])):
+            transport, senders, size = key
             ds = tput[key]
             rate = med([num(d, "msgs_per_s") for d in ds])
             mbps = med([num(d, "mb_per_s") for d in ds])
             cpus = [cpu_sum(d, "cpu_exec") for d in ds]
             cpu_med = med(cpus)
             per_msg = None if not rate or cpu_med is None else cpu_med / 100 / rate * 1e6
-            row = (f"| {senders} | {size} B | {cell([num(d, 'msgs_per_s') for d in ds])} | "
+            row = (f"| {transport} | {senders} | {size} B | {cell([num(d, 'msgs_per_s') for d in ds])} | "
                    f"{cell([num(d, 'mb_per_s') for d in ds], '{:,.1f}')} | "
                    f"{ds[0].get('cpu_exec', '–')} ({cell(cpus)}) | "
                    f"{'–' if per_msg is None else f'{per_msg:.2f}'} |")
@@ -169,8 +169,8 @@ def report(machine, ais, cs):
                 r = ratio(rate, crate)
                 best = r if best is None or (r is not None and r < best) else best
                 row += f" {cell([num(d, 'msgs_per_s') for d in cds])} | {fmt_ratio(r)} |"
-            if key in targets:
-                goal = targets[key]
+            if (senders, size) in targets:
+                goal = targets[(senders, size)]
                 row += f" ≥ {goal:g}× corosync | {verdict(None if best is None else best >= goal)} |"
             elif senders == 1 and size >= 8192:
                 lim = wire_mbps(size if size <= 8192 else 65000)
@@ -180,6 +180,15 @@ def report(machine, ais, cs):
                         f"{verdict(None if share is None else share >= 0.8)} |")
             else:
                 row += " – | – |"
+            cs_per_msg = []
+            for t in transports:
+                cds = cs_tput.get((t, senders, size), [])
+                crate = med([num(d, "msgs_per_s") for d in cds])
+                ccpu = med([cpu_sum(d, "cpu_cs") for d in cds])
+                if crate and ccpu is not None:
+                    cs_per_msg.append(ccpu / 100 / crate * 1e6)
+            cr = ratio(per_msg, min(cs_per_msg)) if cs_per_msg else None
+            row += f" {fmt_ratio(cr)} {verdict(None if cr is None else cr <= 1 / 3)} |"
             w(row)
         w("")
         w("The CPU column is the executives' CPU time over the run (percent of one core, "
@@ -187,7 +196,7 @@ def report(machine, ais, cs):
           "delivered at node 1.\n")
         cs_cpu = []
         for t in transports:
-            for key in sorted(tput):
+            for key in sorted({(k[1], k[2]) for k in tput}):
                 cds = cs_tput.get((t, key[0], key[1]), [])
                 crate = med([num(d, "msgs_per_s") for d in cds])
                 ccpu = med([cpu_sum(d, "cpu_cs") for d in cds])
@@ -201,15 +210,15 @@ def report(machine, ais, cs):
     lat = {}
     for d in ais:
         if d.get("test") == "lat":
-            lat.setdefault(int(d["size"]), []).append(d)
+            lat.setdefault((d.get("transport", "?"), int(d["size"])), []).append(d)
     cs_lat = {}
     for d in cs:
         if d.get("mode") == "lat" and d.get("node") == "1":
             cs_lat.setdefault((d.get("transport"), int(d["size"])), []).append(d)
     if lat:
         w("### Latency, one message at a time, send to self-delivery (µs)\n")
-        head = "| size | aisexec p50 | aisexec p99 |"
-        sep = "|---|---|---|"
+        head = "| aisexec transport | size | aisexec p50 | aisexec p99 |"
+        sep = "|---|---|---|---|"
         for t in transports:
             head += f" corosync {t} p50 | p99 |"
             sep += "---|---|"
@@ -217,11 +226,11 @@ def report(machine, ais, cs):
         sep += "---|"
         w(head)
         w(sep)
-        for size in sorted(lat):
-            ds = lat[size]
+        for transport, size in sorted(lat, key=lambda k: (k[1], k[0])):
+            ds = lat[(transport, size)]
             p50 = med([num(d, "p50_us") for d in ds])
             p99 = med([num(d, "p99_us") for d in ds])
-            row = f"| {size} B | {cell([num(d, 'p50_us') for d in ds])} | {cell([num(d, 'p99_us') for d in ds])} |"
+            row = f"| {transport} | {size} B | {cell([num(d, 'p50_us') for d in ds])} | {cell([num(d, 'p99_us') for d in ds])} |"
             for t in transports:
                 cds = cs_lat.get((t, size), [])
                 row += (f" {cell([num(d, 'p50_us') for d in cds])} |"
@@ -241,7 +250,7 @@ def report(machine, ais, cs):
     fail = {}
     for d in ais:
         if d.get("test") == "fail":
-            fail.setdefault(d.get("profile"), []).append(d)
+            fail.setdefault((d.get("transport", "?"), d.get("profile")), []).append(d)
     cs_fail = {}
     for d in cs:
         if d.get("mode") == "fail":
@@ -251,14 +260,14 @@ def report(machine, ais, cs):
         w("| who | profile | token ms | consensus ms | detection ms | target | verdict |")
         w("|---|---|---|---|---|---|---|")
         cs_best = med([num(d, "cpg_detect_ms") for ds in cs_fail.values() for d in ds])
-        for prof, ds in sorted(fail.items()):
+        for (transport, prof), ds in sorted(fail.items()):
             det = med([num(d, "detect_ms") for d in ds])
             if prof == "lan":
                 target, ok = "≤ 1000 ms", None if det is None else det <= 1000
             else:
                 target = "no slower than corosync"
                 ok = None if det is None or cs_best is None else det <= cs_best
-            w(f"| aisexec | {prof} | {ds[0].get('token_ms', '–')} | {ds[0].get('consensus_ms', '–')} | "
+            w(f"| aisexec {transport} | {prof} | {ds[0].get('token_ms', '–')} | {ds[0].get('consensus_ms', '–')} | "
               f"{cell([num(d, 'detect_ms') for d in ds])} | {target} | {verdict(ok)} |")
         for t, ds in sorted(cs_fail.items()):
             w(f"| corosync {t} | default | 3650 | 4380 | {cell([num(d, 'cpg_detect_ms') for d in ds])} | | |")
@@ -270,14 +279,14 @@ def report(machine, ais, cs):
         w("### Stability and footprint\n")
         for d in soak:
             ch = num(d, "membership_changes")
-            w(f"- LAN profile, {d.get('seconds')} s of 3 senders × 1 KiB at full load: "
+            w(f"- {d.get('transport')}: LAN profile, {d.get('seconds')} s of 3 senders × 1 KiB at full load: "
               f"{d.get('membership_changes')} membership changes (target 0: {verdict(None if ch is None else ch == 0)}).")
         for d in idle:
             cpus = [float(x) for x in d.get("cpu_exec", "").split("/") if x]
             rss = [int(x) for x in d.get("rss_kib", "").split("/") if x]
             ok_cpu = bool(cpus) and max(cpus) < 0.5
             ok_rss = bool(rss) and max(rss) < 64 * 1024
-            w(f"- Idle executives over {d.get('seconds')} s: CPU {d.get('cpu_exec')} % of a core "
+            w(f"- {d.get('transport')}: idle executives over {d.get('seconds')} s: CPU {d.get('cpu_exec')} % of a core "
               f"(target < 0.5%: {verdict(ok_cpu if cpus else None)}), RSS {d.get('rss_kib')} KiB "
               f"(target < 64 MiB: {verdict(ok_rss if rss else None)}).")
         hwm = [int(x) for d in ais if d.get("test") == "tput" for x in d.get("hwm_kib", "").split("/") if x]
