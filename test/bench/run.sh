@@ -18,7 +18,7 @@
 # SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], TRANSPORTS ["udp udpu"]
 # (aisexec's: multicast and unicast),
 # FAIL_REPS [=REPS], SOAK_S [60], IDLE_S [10], COROSYNC [auto|no], CS_TRANSPORTS
-# ["udpu knet"], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
+# ["udpu knet"], NETMTU [unset: aisexec's default], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
 # AIS_BIN_DIR [target/release]. Builds with `cargo build --release` first unless
 # NO_BUILD=1. Needs root (namespaces); always tears down what it made.
 set -u
@@ -117,7 +117,8 @@ totem {
     transport: $TRANSPORT
     cluster_name: aisbench
     token: $token
-    token_coefficient: $coef
+    token_coefficient: $coef${NETMTU:+
+    netmtu: $NETMTU}
     interface {
         ringnumber: 0
         bindnetaddr: $NET.$i

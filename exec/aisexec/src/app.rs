@@ -321,7 +321,10 @@ mod tests {
 
     #[test]
     fn the_window_is_lowered_to_what_the_receive_buffer_holds() {
-        let mut t = totem::TotemConfig::default();
+        let mut t = totem::TotemConfig {
+            netmtu: 9000,
+            ..totem::TotemConfig::default()
+        };
         let cost = datagram_cost(t.netmtu);
         assert_eq!(cost, 16384 + 1024);
         // Room for the whole window: unchanged.

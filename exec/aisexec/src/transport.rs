@@ -5,13 +5,23 @@
 //! tokens, merge detects): an mcast frame may be a retransmission by another node, so its
 //! sender field says nothing of where it came from. For `udpu` members whose node id is
 //! their IPv4 address (corosync's default), the address is known before hearing from them.
+//!
+//! The kernel's cost is per packet, not per byte: on a bridge of veths the sender's
+//! `sendmmsg` carried the bridge, netfilter and the receivers' UDP input once per
+//! datagram and destination. So where the kernel offers it, a run of equal frames to one
+//! destination goes out as one segmented packet (UDP GSO: the frames travel the whole
+//! path as one and are split at the receiving socket, or not at all where that socket
+//! asked for GRO, as ours does), and receiving takes many datagrams per system call
+//! (recvmmsg, each buffer possibly holding a GRO run of frames). Where the kernel or the
+//! device refuses segmentation, frames go out one datagram each, batched by `sendmmsg`.
 
-use std::collections::BTreeMap;
-use std::io::{self, IoSlice};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
-use log::{debug, trace};
+use log::{debug, info, trace};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use rustix::net::addr::SocketAddrArg;
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -19,6 +29,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::crypto::FrameCrypto;
 use totem::wire::{Frame, FrameKind, MAGIC};
 use totem::{Dest, NodeId};
+
+/// Buffers per `recvmmsg`.
+const RECV_BATCH: usize = 16;
+/// One receive buffer: the largest datagram, or a GRO run of up to 64 frames of an
+/// Ethernet-sized `netmtu`.
+const RECV_BUF_LEN: usize = 96 << 10;
+/// Bytes of one segmented send: what one UDP datagram may carry over IPv4, the kernel's
+/// limit for the whole run.
+const GSO_MAX_BYTES: usize = 65_507;
 
 /// How frames reach the other nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +65,10 @@ pub struct TransportStats {
     pub send_batches: u64,
     pub send_errors: u64,
     pub datagrams_received: u64,
+    /// Segmented sends (UDP GSO), each carrying several of `datagrams_sent`.
+    pub segmented_sends: u64,
+    /// Receive system calls (`recvmmsg`) that returned datagrams.
+    pub recv_batches: u64,
     /// Unicast frames for a node whose address we do not know yet.
     pub unknown_destination: u64,
     /// Datagrams that failed authentication (secauth on): dropped.
@@ -61,10 +84,23 @@ pub struct Transport {
     peers: BTreeMap<NodeId, SocketAddr>,
     /// Where a multicast goes: the group, or every member but us.
     targets: Vec<SocketAddr>,
-    recv_buf: Vec<u8>,
+    /// Offload state of the socket (GSO segments allowed, GRO on), kept by quinn-udp.
+    udp: UdpSocketState,
+    /// Buffers for one `recvmmsg`, each large enough for a GRO run of frames.
+    recv_bufs: Vec<Vec<u8>>,
+    recv_meta: Vec<RecvMeta>,
+    /// Frames received by the last `recvmmsg` and not handed out yet.
+    received: VecDeque<Bytes>,
     /// Datagrams queued by [`Transport::send`] for the next [`Transport::flush`], in
     /// order, with their destination.
     queued: Vec<(Bytes, SocketAddr)>,
+    /// Where the frames of a segmented send are laid end to end.
+    gso_buf: Vec<u8>,
+    /// Largest frame that may be a segment: what the path to every target carries in
+    /// one IP packet. Segments travel unfragmented, so a larger frame (a `netmtu` above
+    /// the link's MTU, fragmented by IP) always goes as a datagram of its own; a bridge
+    /// would drop a segmented packet with oversized segments without a word.
+    max_segment: usize,
     stats: TransportStats,
     /// Seals and opens every frame when secauth is on.
     crypto: Option<FrameCrypto>,
@@ -136,6 +172,23 @@ impl Transport {
                 .filter(|a| *a != my_addr)
                 .collect(),
         };
+        let udp = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        // quinn-udp forbids fragmentation (it probes the path MTU itself); Totem sizes
+        // its frames by `netmtu`, which may exceed the link's MTU on purpose.
+        if my_addr.is_ipv4() {
+            let _ = rustix::net::sockopt::set_ip_mtu_discover(
+                &socket,
+                rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
+            );
+        } else {
+            let _ = rustix::net::sockopt::set_ipv6_mtu_discover(
+                &socket,
+                rustix::net::sockopt::Ipv6PathMtuDiscovery::DONT,
+            );
+        }
+        let max_segment = path_payload_limit(cfg.bind, &targets);
+        debug!(target: "totem", "UDP offload: up to {} segments of at most {max_segment} bytes per send, GRO {}",
+            udp.max_gso_segments(), if udp.gro_segments() > 1 { "on" } else { "off" });
         let std_socket: std::net::UdpSocket = socket.into();
         Ok(Transport {
             socket: mio::net::UdpSocket::from_std(std_socket),
@@ -143,8 +196,13 @@ impl Transport {
             my_addr,
             peers,
             targets,
-            recv_buf: vec![0; 65_536],
+            udp,
+            recv_bufs: vec![vec![0; RECV_BUF_LEN]; RECV_BATCH],
+            recv_meta: vec![RecvMeta::default(); RECV_BATCH],
+            received: VecDeque::new(),
             queued: Vec::new(),
+            gso_buf: Vec::new(),
+            max_segment,
             stats: TransportStats::default(),
             crypto,
         })
@@ -196,13 +254,65 @@ impl Transport {
         }
     }
 
-    /// Sends every queued frame, as few `sendmmsg` calls as it takes: one system call
-    /// for all the frames (and all the members, with udpu) of a token visit.
+    /// Sends every queued frame: as segmented sends where the kernel allows them (see the
+    /// module comment), else as few `sendmmsg` calls as it takes.
     pub fn flush(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let max_segments = self.udp.max_gso_segments();
+        let runs = plan_runs(&self.queued, max_segments, self.max_segment, GSO_MAX_BYTES);
+        if max_segments > 1 && runs.iter().any(|r| r.frames.len() > 1) {
+            self.flush_segmented(&runs);
+        } else {
+            self.flush_mmsg();
+        }
+        self.queued.clear();
+    }
+
+    /// One `sendmsg` per run, segmented when it holds more than one frame.
+    fn flush_segmented(&mut self, runs: &[Run]) {
+        for run in runs {
+            self.gso_buf.clear();
+            for &i in &run.frames {
+                self.gso_buf.extend_from_slice(&self.queued[i].0);
+            }
+            let first = self.queued[run.frames[0]].0.len();
+            let transmit = Transmit {
+                destination: run.dest,
+                ecn: None,
+                contents: &self.gso_buf,
+                segment_size: (run.frames.len() > 1).then_some(first),
+                src_ip: None,
+            };
+            match self.udp.try_send(UdpSockRef::from(&self.socket), &transmit) {
+                Ok(()) => {
+                    self.stats.datagrams_sent += run.frames.len() as u64;
+                    self.stats.send_batches += 1;
+                    if run.frames.len() > 1 {
+                        self.stats.segmented_sends += 1;
+                    }
+                }
+                Err(e) => {
+                    // A full buffer or an unreachable member: UDP may lose frames anyway
+                    // and Totem recovers them. A refused segmentation (EIO, EINVAL) has
+                    // also switched segmentation off for good (quinn-udp).
+                    self.stats.send_errors += run.frames.len() as u64;
+                    trace!(target: "totem", "send to {}: {e}", run.dest);
+                    if run.frames.len() > 1 && self.udp.max_gso_segments() <= 1 {
+                        info!(target: "totem", "the kernel refused a segmented send of {} frames of {first} bytes ({e}): sending one datagram per frame from now on",
+                            run.frames.len());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every queued frame as its own datagram, up to 256 per `sendmmsg`.
+    fn flush_mmsg(&mut self) {
         /// Datagrams per call (the kernel takes at most UIO_MAXIOV = 1024).
         const BATCH: usize = 256;
-        let queued = std::mem::take(&mut self.queued);
-        let mut rest = &queued[..];
+        let mut rest = &self.queued[..];
         while !rest.is_empty() {
             let chunk = &rest[..rest.len().min(BATCH)];
             let addrs: Vec<SocketAddrAny> = chunk.iter().map(|(_, to)| to.as_any()).collect();
@@ -239,38 +349,73 @@ impl Transport {
                 }
             }
         }
-        let mut queued = queued;
-        queued.clear();
-        self.queued = queued; // keep the allocation
     }
 
-    /// One datagram, or `None` when the socket has no more for now.
+    /// One frame, or `None` when the socket has no more for now.
     pub fn recv(&mut self) -> io::Result<Option<Bytes>> {
         loop {
-            match self.socket.recv_from(&mut self.recv_buf) {
-                Ok((n, from)) => {
-                    self.stats.datagrams_received += 1;
-                    let frame = match &self.crypto {
-                        Some(c) => match c.open(&self.recv_buf[..n]) {
-                            Some(f) => f,
-                            None => {
-                                self.stats.bad_auth += 1;
-                                debug!(target: "totem", "dropping a datagram from {from} that fails authentication");
-                                continue;
-                            }
-                        },
-                        None => Bytes::copy_from_slice(&self.recv_buf[..n]),
-                    };
-                    self.learn(&frame, from);
-                    return Ok(Some(frame));
-                }
+            if let Some(frame) = self.received.pop_front() {
+                return Ok(Some(frame));
+            }
+            let mut bufs: Vec<IoSliceMut<'_>> = self
+                .recv_bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(b))
+                .collect();
+            let n = match self.udp.recv(
+                UdpSockRef::from(&self.socket),
+                &mut bufs,
+                &mut self.recv_meta,
+            ) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // ICMP errors from an earlier send surface here on Linux; not ours to fail on.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e),
+            };
+            drop(bufs);
+            self.stats.recv_batches += 1;
+            for k in 0..n {
+                let meta = self.recv_meta[k];
+                let len = meta.len.min(RECV_BUF_LEN);
+                let from = match meta.addr {
+                    // quinn-udp reports IPv4 sources of a dual-stack socket as mapped.
+                    SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                        Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+                        None => meta.addr,
+                    },
+                    v4 => v4,
+                };
+                // One copy for the whole buffer; each frame is a slice of it.
+                let chunk = Bytes::copy_from_slice(&self.recv_bufs[k][..len]);
+                let stride = if meta.stride == 0 { len } else { meta.stride };
+                let mut at = 0;
+                while at < len {
+                    let end = (at + stride).min(len);
+                    self.accept(chunk.slice(at..end), from);
+                    at = end;
+                }
             }
         }
+    }
+
+    /// Takes one received datagram: opens it (secauth), learns from it, queues it.
+    fn accept(&mut self, datagram: Bytes, from: SocketAddr) {
+        self.stats.datagrams_received += 1;
+        let frame = match &self.crypto {
+            Some(c) => match c.open(&datagram) {
+                Some(f) => f,
+                None => {
+                    self.stats.bad_auth += 1;
+                    debug!(target: "totem", "dropping a datagram from {from} that fails authentication");
+                    return;
+                }
+            },
+            None => datagram,
+        };
+        self.learn(&frame, from);
+        self.received.push_back(frame);
     }
 
     /// Remembers where a node is, from a frame it built itself.
@@ -308,5 +453,220 @@ impl Transport {
             debug!(target: "totem", "node {node} is at {from}");
             self.peers.insert(node, from);
         }
+    }
+}
+
+/// The largest UDP payload that reaches every target in one IP packet: the route's MTU
+/// (asked of the kernel through a socket connected to each target) less the IP and UDP
+/// headers. Where the kernel cannot say, an Ethernet MTU is assumed.
+fn path_payload_limit(bind: IpAddr, targets: &[SocketAddr]) -> usize {
+    let headers = if bind.is_ipv4() { 28 } else { 48 };
+    let route_mtu = |to: &SocketAddr| -> io::Result<u32> {
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(bind, 0))?;
+        probe.connect(to)?;
+        if to.is_ipv4() {
+            Ok(rustix::net::sockopt::ip_mtu(&probe)?)
+        } else {
+            Ok(rustix::net::sockopt::ipv6_mtu(&probe)?)
+        }
+    };
+    let mtu = targets
+        .iter()
+        .map(|to| {
+            route_mtu(to).unwrap_or_else(|e| {
+                debug!(target: "totem", "no route MTU for {to} ({e}); assuming 1500");
+                1500
+            })
+        })
+        .min()
+        .unwrap_or(1500);
+    (mtu as usize).saturating_sub(headers).min(GSO_MAX_BYTES)
+}
+
+/// Frames of the flush queue that go to one destination in one send.
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    dest: SocketAddr,
+    /// Indices into the queue, in queue order.
+    frames: Vec<usize>,
+}
+
+/// Cuts the flush queue into runs that one segmented send each can carry: frames to one
+/// destination, in their order, all of the first one's length but the last, which may be
+/// shorter; at most `max_segments` frames and `max_bytes` bytes; a frame longer than
+/// `max_segment` always alone.
+///
+/// Destinations go in the order of their last frame in the queue, so the frame queued last
+/// (the token, for the next node) is sent last: the next node gets its share of the visit's
+/// frames before the token that makes it look for them, and so does every other member
+/// before the token can reach it through the next one.
+fn plan_runs(
+    queued: &[(Bytes, SocketAddr)],
+    max_segments: usize,
+    max_segment: usize,
+    max_bytes: usize,
+) -> Vec<Run> {
+    let mut dests: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, (_, to)) in queued.iter().enumerate() {
+        match dests.iter_mut().find(|(d, _)| d == to) {
+            Some(entry) => entry.1 = i,
+            None => dests.push((*to, i)),
+        }
+    }
+    dests.sort_by_key(|&(_, last)| last);
+    let max_segments = max_segments.max(1);
+    let mut runs = Vec::new();
+    for (dest, _) in dests {
+        let mut run: Option<(Run, usize, usize, bool)> = None; // run, segment, bytes, closed
+        for (i, (data, to)) in queued.iter().enumerate() {
+            if *to != dest {
+                continue;
+            }
+            let len = data.len();
+            if let Some((r, segment, bytes, closed)) = run.as_mut() {
+                if !*closed
+                    && *segment <= max_segment
+                    && len <= *segment
+                    && r.frames.len() < max_segments
+                    && *bytes + len <= max_bytes
+                {
+                    r.frames.push(i);
+                    *bytes += len;
+                    *closed = len < *segment;
+                    continue;
+                }
+                runs.push(run.take().map(|(r, ..)| r).expect("checked Some above"));
+            }
+            run = Some((
+                Run {
+                    dest,
+                    frames: vec![i],
+                },
+                len,
+                len,
+                len == 0,
+            ));
+        }
+        if let Some((r, ..)) = run {
+            runs.push(r);
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(items: &[(usize, u8)]) -> Vec<(Bytes, SocketAddr)> {
+        items
+            .iter()
+            .map(|&(len, host)| {
+                (
+                    Bytes::from(vec![host; len]),
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), 5405),
+                )
+            })
+            .collect()
+    }
+
+    fn shape(queued: &[(Bytes, SocketAddr)], runs: &[Run]) -> Vec<(u8, Vec<usize>)> {
+        runs.iter()
+            .map(|r| {
+                let host = match r.dest.ip() {
+                    IpAddr::V4(a) => a.octets()[3],
+                    IpAddr::V6(_) => 0,
+                };
+                (host, r.frames.iter().map(|&i| queued[i].0.len()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_frames_to_one_destination_share_a_run_and_a_short_one_ends_it() {
+        let queued = q(&[(100, 2), (100, 2), (60, 2), (100, 2), (30, 2)]);
+        let runs = plan_runs(&queued, 64, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(2, vec![100, 100, 60]), (2, vec![100, 30])]
+        );
+    }
+
+    #[test]
+    fn a_longer_frame_starts_a_new_run() {
+        let queued = q(&[(50, 2), (100, 2), (100, 2)]);
+        let runs = plan_runs(&queued, 64, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(2, vec![50]), (2, vec![100, 100])]
+        );
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits() {
+        let queued = q(&[(10, 2); 7]);
+        let runs = plan_runs(&queued, 3, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(2, vec![10, 10, 10]), (2, vec![10, 10, 10]), (2, vec![10])]
+        );
+        let runs = plan_runs(&queued, 64, 1472, 25);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![
+                (2, vec![10, 10]),
+                (2, vec![10, 10]),
+                (2, vec![10, 10]),
+                (2, vec![10])
+            ]
+        );
+    }
+
+    #[test]
+    fn the_destination_of_the_last_frame_goes_last_and_order_is_kept_per_destination() {
+        // udpu visit: every frame to 2 and 3, then the token to 2.
+        let queued = q(&[(100, 2), (100, 3), (90, 2), (90, 3), (20, 2)]);
+        let runs = plan_runs(&queued, 64, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(3, vec![100, 90]), (2, vec![100, 90]), (2, vec![20])]
+        );
+        let mut seen: Vec<usize> = runs.iter().flat_map(|r| r.frames.clone()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..queued.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn without_segmentation_every_frame_is_its_own_run() {
+        let queued = q(&[(100, 2), (100, 2), (100, 3)]);
+        let runs = plan_runs(&queued, 1, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(2, vec![100]), (2, vec![100]), (3, vec![100])]
+        );
+    }
+
+    #[test]
+    fn frames_longer_than_the_path_carries_are_never_segments() {
+        let queued = q(&[(2000, 2), (2000, 2), (1000, 2), (1000, 2)]);
+        let runs = plan_runs(&queued, 64, 1472, GSO_MAX_BYTES);
+        assert_eq!(
+            shape(&queued, &runs),
+            vec![(2, vec![2000]), (2, vec![2000]), (2, vec![1000, 1000])]
+        );
+    }
+
+    #[test]
+    fn the_loopback_path_carries_large_segments() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let limit = path_payload_limit(lo, &[SocketAddr::new(lo, 9)]);
+        assert!(limit > 9000, "loopback payload limit {limit}");
+    }
+
+    #[test]
+    fn an_empty_frame_is_sent_alone() {
+        let queued = q(&[(0, 2), (0, 2)]);
+        let runs = plan_runs(&queued, 64, 1472, GSO_MAX_BYTES);
+        assert_eq!(shape(&queued, &runs), vec![(2, vec![0]), (2, vec![0])]);
     }
 }
