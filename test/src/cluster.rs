@@ -37,7 +37,7 @@ use totem::{
 };
 
 use crate::checker::{fmt_time, Checker, IncEnd, Property, Violation};
-use crate::net::{Net, NetStats};
+use crate::net::{Fate, Net, NetStats};
 use crate::rng::Rng;
 use crate::trace::{Fnv64, Payload, TraceEntry, TraceEvent};
 use crate::workload::{self, MsgId};
@@ -471,6 +471,25 @@ impl Cluster {
     pub fn set_delay_us(&mut self, us: u64) {
         self.net.set_delay_us(us);
         self.note(format!("delay {us} us"));
+    }
+
+    /// The network's base one-way delay, microseconds (before jitter and any filter delay).
+    pub fn delay_us(&self) -> u64 {
+        self.net.delay_us()
+    }
+
+    /// Gives `filter` the fate of every frame a node sends to another (see
+    /// [`crate::net::Filter`]): to drop or delay chosen frames, or to watch the traffic.
+    /// Replaces any previous filter.
+    pub fn set_filter(&mut self, filter: impl FnMut(Instant, u32, u32, &Bytes) -> Fate + 'static) {
+        self.net.set_filter(Some(Box::new(filter)));
+        self.note("filter installed".to_string());
+    }
+
+    /// Removes the filter [`Cluster::set_filter`] installed.
+    pub fn clear_filter(&mut self) {
+        self.net.set_filter(None);
+        self.note("filter removed".to_string());
     }
 
     /// Prints every recorded event (and the harness's actions) as it happens.

@@ -6,6 +6,11 @@
 //! uniform(0..=jitter)` (so jitter reorders). Partitions are applied when a packet
 //! arrives, not when it leaves, so a partition also cuts what is already in flight; the
 //! cluster drops packets for crashed nodes at arrival as well.
+//!
+//! A scenario can also decide the fate of chosen frames with a [`Filter`]: it sees every
+//! copy sent to another node before the random draws and may drop or delay it (or just
+//! watch the traffic). Filters are the scenario's own deterministic code, so a seed
+//! still replays exactly.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -51,12 +56,30 @@ impl Ord for Packet {
     }
 }
 
+/// What a [`Filter`] decides for one copy of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// On its way, subject to the network's loss, duplication and delay as usual.
+    Pass,
+    /// Lost, counted in [`NetStats::filtered`].
+    Drop,
+    /// Like `Pass`, arriving this many microseconds later than it would have.
+    Delay(u64),
+}
+
+/// A scenario's hook on the wire: called with (send time, sender, receiver, frame) for
+/// every copy [`Net::send`] is given, i.e. every frame to another node. A node's frames
+/// to itself (a one-node ring's token) are not shown to it.
+pub type Filter = Box<dyn FnMut(Instant, u32, u32, &Bytes) -> Fate>;
+
 /// What happened to the frames the network carried.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
     /// Copies handed to the network (one per destination).
     pub sent: u64,
     pub lost: u64,
+    /// Dropped by the scenario's [`Filter`].
+    pub filtered: u64,
     pub duplicated: u64,
     /// Dropped at arrival because sender and receiver were in different partitions.
     pub partitioned: u64,
@@ -77,6 +100,7 @@ pub struct Net {
     dup: f64,
     base_delay_us: u64,
     jitter_us: u64,
+    filter: Option<Filter>,
     pub stats: NetStats,
 }
 
@@ -94,6 +118,7 @@ impl Net {
             dup: 0.0,
             base_delay_us: DEFAULT_DELAY_US,
             jitter_us: 0,
+            filter: None,
             stats: NetStats::default(),
         }
     }
@@ -114,6 +139,11 @@ impl Net {
     /// the instant it was made.
     pub fn set_delay_us(&mut self, us: u64) {
         self.base_delay_us = us.max(1);
+    }
+
+    /// Installs `filter` in place of any previous one; `None` removes it.
+    pub fn set_filter(&mut self, filter: Option<Filter>) {
+        self.filter = filter;
     }
 
     pub fn loss(&self) -> f64 {
@@ -172,10 +202,18 @@ impl Net {
         out.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// Sends one copy of `data` from `from` to `to` (another node), subject to loss,
-    /// duplication and delay.
+    /// Sends one copy of `data` from `from` to `to` (another node), subject to the
+    /// filter, loss, duplication and delay.
     pub fn send(&mut self, now: Instant, from: u32, to: u32, data: &Bytes) {
         self.stats.sent += 1;
+        let extra_us = match self.filter.as_mut().map(|f| f(now, from, to, data)) {
+            None | Some(Fate::Pass) => 0,
+            Some(Fate::Delay(us)) => us,
+            Some(Fate::Drop) => {
+                self.stats.filtered += 1;
+                return;
+            }
+        };
         if self.loss > 0.0 && self.rng.chance(self.loss) {
             self.stats.lost += 1;
             return;
@@ -188,6 +226,7 @@ impl Net {
         };
         for _ in 0..copies {
             let delay = self.base_delay_us
+                + extra_us
                 + if self.jitter_us > 0 {
                     self.rng.below(self.jitter_us + 1)
                 } else {
@@ -290,5 +329,30 @@ mod tests {
         assert_eq!(net.groups(), vec![vec![1, 2], vec![3], vec![4]]);
         net.heal();
         assert!(net.connected(1, 4));
+    }
+
+    #[test]
+    fn a_filter_drops_delays_and_passes_chosen_copies() {
+        let mut net = Net::new(3, Rng::new(1));
+        net.set_delay_us(100);
+        net.set_filter(Some(Box::new(|_, from, to, data: &Bytes| {
+            match (from, to, data[0]) {
+                (1, 2, b'd') => Fate::Drop,
+                (1, 3, b'd') => Fate::Delay(50),
+                _ => Fate::Pass,
+            }
+        })));
+        for to in [2, 3] {
+            net.send(Instant(0), 1, to, &Bytes::from_static(b"d"));
+            net.send(Instant(0), 1, to, &Bytes::from_static(b"p"));
+        }
+        let got: Vec<(u32, u8, u64)> = std::iter::from_fn(|| net.pop())
+            .map(|p| (p.to, p.data[0], p.at.0))
+            .collect();
+        assert_eq!(got, [(2, b'p', 100), (3, b'p', 100), (3, b'd', 150)]);
+        assert_eq!(net.stats.filtered, 1);
+        net.set_filter(None);
+        net.send(Instant(0), 1, 2, &Bytes::from_static(b"d"));
+        assert_eq!(net.in_flight(), 1);
     }
 }
