@@ -28,24 +28,48 @@
 //! # Node records
 //!
 //! Records are replicated through the announcements: each member announces itself in
-//! every round, so every member knows every member's name, address and boot time, and
-//! the initial view number of a node is the number of the first view its current
-//! incarnation was installed in (it announces 0 until then and every installer puts the
-//! new number in). Records of nodes that left stay known, with `member` false, until
-//! [`CLM_NODES_MAX`] records are exceeded (the longest gone are forgotten first).
+//! every round, so every member knows every member's name, address and boot time.
+//! Records of nodes that left stay known, with `member` false, until [`CLM_NODES_MAX`]
+//! records are exceeded (the longest gone are forgotten first). At each view CLM also
+//! hands every known name to the core ([`Api::set_announced_names`]), where the admin
+//! service finds the names of members the configuration does not name.
+//!
+//! # Initial view numbers
+//!
+//! A node's initial view (`initialViewNumber`: the view in which it joined the cluster)
+//! is the number of the first view its current incarnation installs together with
+//! another node: the view in which the others report it `Joined`. A node that is alone
+//! (it starts first, or restarts and forms a ring of its own before it hears the
+//! others) holds the number of its first lone view meanwhile, since that is the
+//! cluster as far as anyone can tell; when it first merges, the merged view's number
+//! replaces it. So a restarted node does not keep the number of a lone view the cluster
+//! never saw. The value is replicated like the rest of the record: the node announces
+//! its initial view, or 0 meaning "this view's number" when it joins others for the
+//! first time (or installs its first view), and every installer applies the same
+//! announcement, so every member holds the same number.
 //!
 //! # Track callbacks
 //!
 //! At each installation every local tracking connection gets one `TRACK` callback
 //! relative to the previous view this node installed: with `CHANGES` every member
-//! (no change, joined, or reconfigured when its record differs) and every node that
-//! left; with `CHANGES_ONLY` only the nodes that changed (no callback when none did).
+//! (no change, joined, or reconfigured when its name, address or boot time differs
+//! from the previous view's record, as when a node restarts and rejoins before the
+//! others noticed it gone) and every node that left; with `CHANGES_ONLY` only the nodes
+//! that changed (no callback when none did). A connection that started tracking before
+//! the node's first view gets that view as its first callback, every member `Joined`.
 //! `CURRENT` alone answers `TRACK_START` with the installed view; with a change flag the
 //! current view comes as a callback (or in the answer when the caller gave a size).
 //!
+//! # Before the first view
+//!
 //! Library requests read the last installed view, so they are served during a later
-//! sync round too; before the first view `TRACK_START` answers `TryAgain` and a node
-//! get for a node not known yet waits for the first view, up to its timeout.
+//! sync round too. Before the first view there is none: `TRACK_START` with `CURRENT`
+//! answers `TryAgain`, with only a change flag it starts tracking; a node get of the
+//! local node is answered from [`LocalNode`]; a node get of another node waits for the
+//! first view (B.01.01: `SA_AIS_ERR_TIMEOUT` when the call cannot complete in time),
+//! `NODE_GET` up to its timeout (0: `Timeout` at once), `NODE_GET_ASYNC` up to
+//! [`NODE_GET_ASYNC_WAIT_US`] (then a callback with `Timeout`). At most [`PARKED_MAX`]
+//! node gets wait at once; more are answered `TryAgain`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -70,6 +94,16 @@ pub mod exec {
 
 /// Longest a node get waits for the first view (the caller's timeout is capped to it).
 const NODE_GET_WAIT_MAX_US: u64 = 3_600_000_000;
+
+/// How long a `NODE_GET_ASYNC` waits for the first view before its callback says
+/// `Timeout` (the call has no timeout of its own: B.01.01 leaves it to the
+/// implementation). A node forms its first view within a few token timeouts.
+pub const NODE_GET_ASYNC_WAIT_US: u64 = 60_000_000;
+
+/// Most node gets that may wait for the first view at once, over all connections;
+/// more are answered `TryAgain`. Only a client flooding requests before the first view
+/// could reach it.
+pub const PARKED_MAX: usize = 1024;
 
 /// What the executive knows about its own node; the daemon builds it at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +157,8 @@ impl Record {
 struct AnnounceMsg {
     ring: RingId,
     floor: u64,
-    /// 0 until the sender's incarnation was in an installed view.
+    /// The sender's initial view, or 0: "the number of the view this round installs"
+    /// (its first view, or its first view with another node; see the module doc).
     initial_view: u64,
     boot_time_ns: u64,
     address: NodeAddress,
@@ -163,6 +198,9 @@ impl Decode for AnnounceMsg {
 struct Parked {
     conn: ConnId,
     node_id: u32,
+    /// `None` for `NODE_GET` (answered with a response), the invocation for
+    /// `NODE_GET_ASYNC` (answered with a callback).
+    invocation: Option<u64>,
     timer: TimerId,
 }
 
@@ -192,8 +230,11 @@ pub struct Clm {
     records: BTreeMap<u32, Record>,
     /// Lowest number this node may announce as its floor; see the module doc.
     seen_floor: u64,
-    /// The first view this incarnation was in; 0 before it.
+    /// This incarnation's initial view; 0 before its first view. See the module doc.
     my_initial_view: u64,
+    /// Whether `my_initial_view` is final: this incarnation installed a view with
+    /// another node. Until then it is the number of its first lone view.
+    joined_others: bool,
     /// The ring whose round is running.
     round: Option<RingId>,
     /// This round's announcements, per sender.
@@ -218,6 +259,7 @@ impl Clm {
             records: BTreeMap::new(),
             seen_floor: 0,
             my_initial_view: 0,
+            joined_others: false,
             round: None,
             announces: BTreeMap::new(),
             announced: false,
@@ -325,10 +367,12 @@ impl Clm {
         {
             return (SaError::BadFlags, TrackRes::default(), false);
         }
-        if self.view_number == 0 {
+        let current = r.flags & track::CURRENT != 0;
+        if self.view_number == 0 && current {
+            // No current view yet; tracking alone may start: its callbacks come with
+            // the first view.
             return (SaError::TryAgain, TrackRes::default(), false);
         }
-        let current = r.flags & track::CURRENT != 0;
         // The current view goes in the answer for CURRENT alone, or when the caller gave
         // room for it; otherwise it follows as a callback.
         let sync_current = current && (changes == 0 || r.max_items.is_some());
@@ -381,24 +425,70 @@ impl Clm {
             );
             return;
         }
-        if self.view_number == 0 && r.timeout_ns > 0 {
-            // Nothing is known of the other nodes before the first view: wait for it.
+        let error = if self.view_number > 0 {
+            SaError::InvalidParam
+        } else if r.timeout_ns == 0 {
+            // Nothing is known of the other nodes before the first view, and the caller
+            // will not wait for it.
+            SaError::Timeout
+        } else {
             let wait_us = (r.timeout_ns / 1000).clamp(1, NODE_GET_WAIT_MAX_US);
-            let key = self.next_park;
-            self.next_park += 1;
-            let timer = api.timer_add(wait_us, key);
-            self.parked.insert(
-                key,
-                Parked {
-                    conn,
-                    node_id: r.node_id,
-                    timer,
-                },
-            );
-            debug!(target: "clm", "{conn}: node get of {} waits for the first view", r.node_id);
-            return;
+            match self.park(api, conn, r.node_id, None, wait_us) {
+                Ok(()) => return,
+                Err(e) => e,
+            }
+        };
+        api.response(conn, req::NODE_GET, error, Bytes::new());
+    }
+
+    /// Parks a node get until the first view or `wait_us`; `Err(TryAgain)` when
+    /// [`PARKED_MAX`] already wait.
+    fn park(
+        &mut self,
+        api: &mut Api,
+        conn: ConnId,
+        node_id: u32,
+        invocation: Option<u64>,
+        wait_us: u64,
+    ) -> Result<(), SaError> {
+        if self.parked.len() >= PARKED_MAX {
+            debug!(target: "clm", "{conn}: node get of {node_id} refused: {PARKED_MAX} already wait for the first view");
+            return Err(SaError::TryAgain);
         }
-        api.response(conn, req::NODE_GET, SaError::InvalidParam, Bytes::new());
+        let key = self.next_park;
+        self.next_park += 1;
+        let timer = api.timer_add(wait_us, key);
+        self.parked.insert(
+            key,
+            Parked {
+                conn,
+                node_id,
+                invocation,
+                timer,
+            },
+        );
+        debug!(target: "clm", "{conn}: node get of {node_id} waits for the first view");
+        Ok(())
+    }
+
+    /// Answers a parked node get: a response for `NODE_GET`, a callback for
+    /// `NODE_GET_ASYNC`.
+    fn answer(api: &mut Api, p: &Parked, result: Result<ClusterNode, SaError>) {
+        match p.invocation {
+            None => match result {
+                Ok(node) => api.response(
+                    p.conn,
+                    req::NODE_GET,
+                    SaError::Ok,
+                    NodeGetRes { node }.to_bytes(),
+                ),
+                Err(e) => api.response(p.conn, req::NODE_GET, e, Bytes::new()),
+            },
+            Some(invocation) => {
+                let cb = NodeGetCb { invocation, result };
+                api.dispatch(p.conn, cb::NODE_GET, cb.to_bytes());
+            }
+        }
     }
 
     fn lib_node_get_async(&mut self, api: &mut Api, conn: ConnId, body: Bytes) {
@@ -411,8 +501,24 @@ impl Clm {
             );
             return;
         };
+        let result = match self.lookup(api, r.node_id) {
+            Some(node) => Ok(node),
+            None if self.view_number > 0 => Err(SaError::InvalidParam),
+            None => {
+                // Before the first view: the callback comes with it, or on timeout.
+                let parked = self.park(
+                    api,
+                    conn,
+                    r.node_id,
+                    Some(r.invocation),
+                    NODE_GET_ASYNC_WAIT_US,
+                );
+                let error = parked.err().unwrap_or(SaError::Ok);
+                api.response(conn, req::NODE_GET_ASYNC, error, Bytes::new());
+                return;
+            }
+        };
         api.response(conn, req::NODE_GET_ASYNC, SaError::Ok, Bytes::new());
-        let result = self.lookup(api, r.node_id).ok_or(SaError::InvalidParam);
         let cb = NodeGetCb {
             invocation: r.invocation,
             result,
@@ -501,12 +607,24 @@ impl Clm {
         self.view_number = number;
         self.seen_floor = self.seen_floor.max(number);
         self.members = members;
-        if self.my_initial_view == 0 && self.members.contains(&api.node_id().0) {
-            self.my_initial_view = number;
+        let me = api.node_id().0;
+        if !self.joined_others {
+            // What this node announced is in its record now (see the module doc).
+            if let Some(r) = self.records.get(&me) {
+                self.my_initial_view = r.initial_view;
+                self.joined_others = self.members.len() > 1;
+            }
         }
         self.forget_old_records();
         self.stats.views_installed += 1;
         info!(target: "clm", "view {number}: members {:?}, left {left:?}", self.members);
+        let names = self
+            .records
+            .iter()
+            .map(|(&id, r)| (NodeId(id), r.name.to_string()))
+            .filter(|(_, name)| !name.is_empty())
+            .collect();
+        api.set_announced_names(names);
 
         self.notify_trackers(api, &previous, &old_records, &left);
         self.answer_parked(api);
@@ -595,15 +713,8 @@ impl Clm {
     fn answer_parked(&mut self, api: &mut Api) {
         for (_, p) in std::mem::take(&mut self.parked) {
             api.timer_del(p.timer);
-            match self.lookup(api, p.node_id) {
-                Some(node) => api.response(
-                    p.conn,
-                    req::NODE_GET,
-                    SaError::Ok,
-                    NodeGetRes { node }.to_bytes(),
-                ),
-                None => api.response(p.conn, req::NODE_GET, SaError::InvalidParam, Bytes::new()),
-            }
+            let result = self.lookup(api, p.node_id).ok_or(SaError::InvalidParam);
+            Clm::answer(api, &p, result);
         }
     }
 }
@@ -683,10 +794,18 @@ impl Service for Clm {
         };
         if !self.announced {
             self.announced = true;
+            // Joining others for the first time: this view's number becomes the
+            // initial view (0 says so). Alone, the first lone view's number stands.
+            let alone = api.members().len() == 1;
+            let initial_view = if self.joined_others || alone {
+                self.my_initial_view
+            } else {
+                0
+            };
             let msg = AnnounceMsg {
                 ring,
                 floor: self.view_number.max(self.seen_floor),
-                initial_view: self.my_initial_view,
+                initial_view,
                 boot_time_ns: self.local.boot_time_ns,
                 address: self.local.address.clone(),
                 name: self.local.name.clone(),
@@ -722,7 +841,7 @@ impl Service for Clm {
     fn timer(&mut self, api: &mut Api, data: u64) {
         if let Some(p) = self.parked.remove(&data) {
             debug!(target: "clm", "{}: node get of {} timed out", p.conn, p.node_id);
-            api.response(p.conn, req::NODE_GET, SaError::Timeout, Bytes::new());
+            Clm::answer(api, &p, Err(SaError::Timeout));
         }
     }
 }

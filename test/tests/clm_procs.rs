@@ -83,8 +83,21 @@ fn testclm_once_prints_the_local_node_and_the_same_view_on_every_node() {
     let c = ProcCluster::start(Options::new("clm-once", 3));
     let mut views = Vec::new();
     for i in 1..=3 {
-        let out = c.run(i, "testclm", &["--once"], CLIENT_WAIT);
-        assert!(out.success(), "testclm --once on node {i}: {out}");
+        // The ring of three is in the logs; CLM installs its view of it one round of
+        // announcements later, so an early --once may still print the view before.
+        let deadline = std::time::Instant::now() + CLIENT_WAIT;
+        let out = loop {
+            let out = c.run(i, "testclm", &["--once"], CLIENT_WAIT);
+            assert!(out.success(), "testclm --once on node {i}: {out}");
+            let full = out
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("VIEW ") && members(l) == [1, 2, 3]);
+            if full || std::time::Instant::now() >= deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let local = out
             .stdout
             .lines()

@@ -166,6 +166,11 @@ fn partition_tells_the_minority_not_primary_and_healing_evicts_it() {
     let three = wait_event(&subs[2].0, 3, from[2], "NEW_MEMBERSHIP");
     eprintln!("healed: node 1: {evicted}\n  nodes 2, 3: {two}");
     assert_eq!(two, three);
+    assert_eq!(
+        sequence(&evicted),
+        base + 1,
+        "EVICTED names the primary membership formed without node 1"
+    );
     assert_eq!(sequence(&two), base + 2);
     assert_eq!(
         field(&two, "joined").map(|j| j.starts_with("1@")),

@@ -270,6 +270,13 @@ impl Api {
         }
     }
 
+    /// Replaces the table of names nodes announced for themselves
+    /// ([`HostStatus::announced_names`]); the membership service calls it when it
+    /// installs a view. Local, like the rest of [`HostStatus`].
+    pub fn set_announced_names(&mut self, names: BTreeMap<NodeId, String>) {
+        self.host.announced_names = names;
+    }
+
     /// The service whose code is running.
     pub fn service(&self) -> ServiceId {
         self.service

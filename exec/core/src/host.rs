@@ -12,8 +12,16 @@
 //! [`crate::Registry::refresh_host_status`], and the registry calls the waiting
 //! services' [`crate::Service::host_status`] hook, where they answer.
 //!
-//! None of this is replicated state: it differs from node to node and must never steer
-//! an executive handler.
+//! One table is not the daemon's: [`HostStatus::announced_names`], the names nodes gave
+//! themselves. Every node announces its own name to the others through CLM, so without
+//! a nodelist the configuration names this node alone while CLM knows every member's
+//! name. CLM fills the table at each view it installs ([`crate::Api::set_announced_names`])
+//! and other services read it with the configured names ([`HostStatus::name_of`]): they
+//! keep no dependency on CLM (services know only the core), and the core only holds
+//! the table.
+//!
+//! None of this may steer an executive handler: it is this node's snapshot for
+//! answering people and tools, not state agreed in the total order.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +40,9 @@ pub struct HostStatus {
     /// Node names: the configuration's nodelist, and this node's own name (its nodelist
     /// name, else the host name). Static.
     pub names: BTreeMap<NodeId, String>,
+    /// The names nodes announced for themselves, as CLM replicated them (the current
+    /// view's members and the nodes it still remembers); replaced at each view.
+    pub announced_names: BTreeMap<NodeId, String>,
     /// Where the transport reaches each node it knows (`ip:port`), this one included.
     /// Refreshed on demand.
     pub addresses: BTreeMap<NodeId, String>,
@@ -40,8 +51,12 @@ pub struct HostStatus {
 }
 
 impl HostStatus {
+    /// The configured name of `node`, else the name it announced.
     pub fn name_of(&self, node: NodeId) -> Option<&str> {
-        self.names.get(&node).map(String::as_str)
+        self.names
+            .get(&node)
+            .or_else(|| self.announced_names.get(&node))
+            .map(String::as_str)
     }
 
     pub fn address_of(&self, node: NodeId) -> Option<&str> {

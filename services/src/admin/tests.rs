@@ -221,3 +221,64 @@ fn the_answer_waits_for_the_host_status_and_uses_it() {
     assert_eq!(s.counters[0].name, "transport.bad_auth");
     assert_eq!(s.counters[0].value, 3);
 }
+
+/// Every service, as the daemon runs them, without a nodelist: the configuration names
+/// this node only (its host name), CLM replicates every member's own name.
+#[test]
+fn without_a_nodelist_members_are_named_by_the_names_they_announced() {
+    let mut c = TestCluster::new(3, |r: &mut Registry| {
+        let id = r.node_id().0;
+        let local = crate::LocalNode::new(
+            &format!("host{id}"),
+            std::net::Ipv4Addr::new(10, 0, 0, id as u8).into(),
+            u64::from(id),
+        );
+        crate::register_all(r, &crate::ServicesConfig { local });
+        // What the daemon configures without a nodelist: its own host name. Node 3's
+        // configuration calls it something else: configured names come first.
+        let own = if id == 3 { "configured3" } else { "" };
+        if !own.is_empty() {
+            r.set_node_names([(NodeId(id), own.to_owned())].into_iter().collect());
+        }
+    });
+    assert!(c.settle(&[1, 2, 3], SETTLE_MS));
+    let names = |s: &StatusRes| -> Vec<(u32, String)> {
+        s.members
+            .members
+            .iter()
+            .map(|m| (m.node_id, m.name.clone()))
+            .collect()
+    };
+    let s = status(&mut c, 1);
+    assert_eq!(s.members.node_name, "host1");
+    assert_eq!(
+        names(&s),
+        [
+            (1, "host1".into()),
+            (2, "host2".into()),
+            (3, "host3".into())
+        ]
+    );
+    let s = status(&mut c, 3);
+    assert_eq!(s.members.node_name, "configured3");
+    assert_eq!(
+        names(&s),
+        [
+            (1, "host1".into()),
+            (2, "host2".into()),
+            (3, "configured3".into())
+        ]
+    );
+    // A node that left is no member: it is not listed, whatever CLM remembers of it.
+    c.crash(2);
+    assert!(c.settle(&[1, 3], SETTLE_MS));
+    assert_eq!(
+        names(&status(&mut c, 1)),
+        [(1, "host1".into()), (3, "host3".into())]
+    );
+    assert_eq!(
+        c.registry(1).host_status().name_of(NodeId(2)),
+        Some("host2"),
+        "still known by its announced name"
+    );
+}

@@ -5,13 +5,14 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use ais_exec::testkit::TestCluster;
-use ais_exec::{check_tables, ConnId, ConnInfo, Effect};
+use ais_exec::{check_tables, ConnId, ConnInfo, Effect, Registry};
 use ais_proto::clm::{
     cb, req, track, ClusterChange, NodeGetAsyncReq, NodeGetCb, NodeGetReq, NodeGetRes, TrackCb,
     TrackReq, TrackRes,
 };
 use ais_proto::{Decode, Encode, MsgId, SaError, ServiceId};
 use bytes::{BufMut, Bytes, BytesMut};
+use totem::Instant;
 
 use super::*;
 use crate::ServicesConfig;
@@ -253,14 +254,20 @@ fn a_buffer_too_small_is_no_space_with_the_needed_count() {
 }
 
 #[test]
-fn bad_flags_and_requests_before_the_first_view_are_refused() {
+fn bad_flags_are_refused_and_current_before_the_first_view_is_try_again() {
     let mut c = cluster(2);
     let conn = connect(&mut c, 1);
-    c.request(1, conn, req::TRACK_START, track_req(track::CHANGES, None));
-    assert!(matches!(
-        &take(&mut c, 1, conn)[..],
-        [Got::Res(req::TRACK_START, SaError::TryAgain, _)]
-    ));
+    for flags in [track::CURRENT, track::CURRENT | track::CHANGES] {
+        c.request(1, conn, req::TRACK_START, track_req(flags, None));
+        assert!(
+            matches!(
+                &take(&mut c, 1, conn)[..],
+                [Got::Res(req::TRACK_START, SaError::TryAgain, _)]
+            ),
+            "flags {flags:#x}: no current view yet"
+        );
+    }
+    assert_eq!(clm(&c, 1).tracking(), 0);
     assert!(c.settle(&all(2), 10_000));
     for flags in [0, 0x08, track::CHANGES | track::CHANGES_ONLY] {
         c.request(1, conn, req::TRACK_START, track_req(flags, None));
@@ -279,6 +286,57 @@ fn bad_flags_and_requests_before_the_first_view_are_refused() {
     ));
 }
 
+#[test]
+fn tracking_started_before_the_first_view_gets_it_with_every_member_joined() {
+    let mut c = cluster(3);
+    let all_changes = connect(&mut c, 1);
+    let only = connect(&mut c, 1);
+    for (conn, flags) in [(all_changes, track::CHANGES), (only, track::CHANGES_ONLY)] {
+        c.request(1, conn, req::TRACK_START, track_req(flags, None));
+        let got = take(&mut c, 1, conn);
+        let [Got::Res(req::TRACK_START, SaError::Ok, body)] = &got[..] else {
+            panic!("flags {flags:#x}: {got:?}");
+        };
+        assert_eq!(
+            TrackRes::decode_exact(body.clone()),
+            Ok(TrackRes::default())
+        );
+    }
+    assert_eq!(clm(&c, 1).view_number(), 0, "no view yet");
+    assert_eq!(clm(&c, 1).tracking(), 2);
+    assert!(c.settle(&all(3), 10_000));
+    let number = clm(&c, 1).view_number();
+    // Node 1 may have installed a view of its own before the others came: its first
+    // view is the first callback, every member joined.
+    let outputs = c.take_outputs(1);
+    let of = |conn: ConnId| -> Vec<TrackCb> {
+        outputs
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Dispatch {
+                    conn: k,
+                    id: cb::TRACK,
+                    body,
+                } if *k == conn => Some(TrackCb::decode_exact(body.clone()).unwrap()),
+                _ => None,
+            })
+            .collect()
+    };
+    let got = of(all_changes);
+    assert_eq!(got.last().map(|t| t.view.view_number), Some(number));
+    assert!(got[0].view.view_number >= 1);
+    assert!(
+        changes(&got[0])
+            .iter()
+            .all(|&(_, change, member)| change == ClusterChange::Joined && member),
+        "{got:?}"
+    );
+    assert_eq!(
+        of(only).first(),
+        got.first(),
+        "every node of a first view changed"
+    );
+}
 #[test]
 fn track_changes_reports_every_node_with_its_change_at_the_same_view_everywhere() {
     let mut c = settled(3);
@@ -541,6 +599,300 @@ fn node_get_before_the_first_view_waits_for_it_or_times_out() {
     assert!(node.member);
 }
 
+/// One node's registry with every service and no Totem: it never has a view.
+fn no_view() -> (Registry, ConnId) {
+    let mut r = Registry::new(NodeId(1));
+    let local = LocalNode::new("node1", std::net::Ipv4Addr::new(10, 0, 0, 1).into(), 7);
+    crate::register_all(&mut r, &ServicesConfig { local });
+    let conn = ConnId(1);
+    r.lib_connect(conn, ServiceId::CLM, ConnInfo::default())
+        .expect("clm connects");
+    (r, conn)
+}
+
+fn effects(r: &mut Registry) -> Vec<Effect> {
+    std::iter::from_fn(|| r.poll_effect()).collect()
+}
+
+fn node_get(node_id: u32, timeout_ns: u64) -> Bytes {
+    NodeGetReq {
+        node_id,
+        timeout_ns,
+    }
+    .to_bytes()
+}
+
+fn node_get_async(invocation: u64, node_id: u32) -> Bytes {
+    NodeGetAsyncReq {
+        invocation,
+        node_id,
+    }
+    .to_bytes()
+}
+
+fn response_of(effects: &[Effect]) -> Vec<(u32, SaError)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Response { id, error, .. } => Some((*id, *error)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn node_get_callbacks(effects: &[Effect]) -> Vec<NodeGetCb> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch {
+                id: cb::NODE_GET,
+                body,
+                ..
+            } => Some(NodeGetCb::decode_exact(body.clone()).expect("callback decodes")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn before_the_first_view_a_zero_timeout_node_get_is_timeout_and_others_wait_their_timeout() {
+    let (mut r, conn) = no_view();
+    let t0 = Instant::from_millis(1);
+    r.lib_request(t0, conn, req::NODE_GET, node_get(2, 0), 0);
+    assert_eq!(
+        response_of(&effects(&mut r)),
+        [(req::NODE_GET, SaError::Timeout)],
+        "timeout 0: cannot be answered in time (not InvalidParam: node 2 may exist)"
+    );
+    r.lib_request(t0, conn, req::NODE_GET, node_get(2, 5_000_000), 0);
+    assert!(effects(&mut r).is_empty(), "waits");
+    r.handle_timeout(Instant::from_millis(5));
+    assert!(
+        effects(&mut r).is_empty(),
+        "not yet: 5 ms after the request"
+    );
+    r.handle_timeout(Instant::from_millis(6));
+    assert_eq!(
+        response_of(&effects(&mut r)),
+        [(req::NODE_GET, SaError::Timeout)]
+    );
+    // The local node is known before any view.
+    r.lib_request(t0, conn, req::NODE_GET, node_get(LOCAL_NODE_ID, 0), 0);
+    let got = effects(&mut r);
+    let [Effect::Response {
+        id: req::NODE_GET,
+        error: SaError::Ok,
+        body,
+        ..
+    }] = &got[..]
+    else {
+        panic!("{got:?}")
+    };
+    let node = NodeGetRes::decode_exact(body.clone()).unwrap().node;
+    assert_eq!(
+        (node.node_id, node.member, node.boot_timestamp),
+        (1, false, 7)
+    );
+}
+
+#[test]
+fn node_get_async_before_the_first_view_waits_then_its_callback_says_timeout() {
+    let (mut r, conn) = no_view();
+    let t0 = Instant::from_millis(1);
+    r.lib_request(t0, conn, req::NODE_GET_ASYNC, node_get_async(9, 2), 0);
+    let got = effects(&mut r);
+    assert_eq!(response_of(&got), [(req::NODE_GET_ASYNC, SaError::Ok)]);
+    assert!(
+        node_get_callbacks(&got).is_empty(),
+        "no answer before the view"
+    );
+    r.handle_timeout(t0.plus_micros(NODE_GET_ASYNC_WAIT_US - 1));
+    assert!(effects(&mut r).is_empty());
+    r.handle_timeout(t0.plus_micros(NODE_GET_ASYNC_WAIT_US));
+    assert_eq!(
+        node_get_callbacks(&effects(&mut r)),
+        [NodeGetCb {
+            invocation: 9,
+            result: Err(SaError::Timeout)
+        }]
+    );
+    // The local node answers at once.
+    r.lib_request(
+        t0,
+        conn,
+        req::NODE_GET_ASYNC,
+        node_get_async(10, LOCAL_NODE_ID),
+        0,
+    );
+    let cbs = node_get_callbacks(&effects(&mut r));
+    assert_eq!(cbs.len(), 1);
+    assert_eq!(cbs[0].invocation, 10);
+    assert_eq!(cbs[0].result.as_ref().map(|n| n.node_id), Ok(1));
+}
+
+#[test]
+fn node_get_async_before_the_first_view_is_answered_by_it() {
+    let mut c = cluster(2);
+    let conn = connect(&mut c, 1);
+    c.request(1, conn, req::NODE_GET_ASYNC, node_get_async(5, 2));
+    c.request(1, conn, req::NODE_GET_ASYNC, node_get_async(6, 77));
+    let got = take(&mut c, 1, conn);
+    assert_eq!(
+        got,
+        [
+            Got::Res(req::NODE_GET_ASYNC, SaError::Ok, Bytes::new()),
+            Got::Res(req::NODE_GET_ASYNC, SaError::Ok, Bytes::new())
+        ],
+        "accepted, answered later"
+    );
+    // The first view may be node 1 alone; node 2 is known once a view holds it.
+    assert!(c.settle(&all(2), 10_000));
+    let cbs: Vec<NodeGetCb> = take(&mut c, 1, conn)
+        .into_iter()
+        .filter_map(|g| match g {
+            Got::NodeGet(cb) => Some(cb),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cbs.len(), 2, "{cbs:?}");
+    assert_eq!(cbs[1].invocation, 6);
+    assert_eq!(cbs[1].result, Err(SaError::InvalidParam), "77 is no node");
+    assert_eq!(cbs[0].invocation, 5);
+    match &cbs[0].result {
+        Ok(node) => assert_eq!(node.node_id, 2),
+        // Answered by a lone first view of node 1, which did not know node 2 yet.
+        Err(e) => assert_eq!(*e, SaError::InvalidParam),
+    }
+    assert!(clm(&c, 1).parked.is_empty());
+}
+
+#[test]
+fn waiting_node_gets_are_bounded_and_past_the_bound_try_again() {
+    let (mut r, conn) = no_view();
+    let other = ConnId(2);
+    r.lib_connect(other, ServiceId::CLM, ConnInfo::default())
+        .unwrap();
+    let t0 = Instant::from_millis(1);
+    for k in 0..PARKED_MAX as u64 {
+        // Every waiting request times out at its own moment, the first one first.
+        r.lib_request(t0, conn, req::NODE_GET, node_get(2, 1_000_000 * (k + 1)), 0);
+    }
+    assert!(effects(&mut r).is_empty(), "all wait");
+    r.lib_request(t0, other, req::NODE_GET, node_get(2, 1_000_000), 0);
+    assert_eq!(
+        response_of(&effects(&mut r)),
+        [(req::NODE_GET, SaError::TryAgain)]
+    );
+    r.lib_request(t0, other, req::NODE_GET_ASYNC, node_get_async(3, 2), 0);
+    let got = effects(&mut r);
+    assert_eq!(
+        response_of(&got),
+        [(req::NODE_GET_ASYNC, SaError::TryAgain)]
+    );
+    assert!(node_get_callbacks(&got).is_empty(), "refused: no callback");
+    // One times out: room for one more.
+    r.handle_timeout(t0.plus_micros(1_000));
+    assert_eq!(
+        response_of(&effects(&mut r)),
+        [(req::NODE_GET, SaError::Timeout)]
+    );
+    r.lib_request(t0, other, req::NODE_GET_ASYNC, node_get_async(4, 2), 0);
+    assert_eq!(
+        response_of(&effects(&mut r)),
+        [(req::NODE_GET_ASYNC, SaError::Ok)]
+    );
+    // A connection that closes frees what it parked.
+    r.lib_disconnect(conn);
+    r.lib_request(t0, other, req::NODE_GET, node_get(2, 1_000_000), 0);
+    assert!(effects(&mut r).is_empty(), "waits again");
+    assert_eq!(r.service::<Clm>().unwrap().parked.len(), 2);
+}
+
+#[test]
+fn a_member_restarting_before_the_others_notice_is_reconfigured() {
+    let mut c = settled(3);
+    let before = clm(&c, 1).view_number();
+    let old = clm(&c, 1).node(3).expect("node 3 known");
+    let t1 = tracker(&mut c, 1, track::CHANGES);
+    let t2 = tracker(&mut c, 2, track::CHANGES_ONLY);
+    // Node 3 crashes and is back at once: its new incarnation's join reaches the
+    // others before they miss the token, so the next ring has the same members.
+    c.crash(3);
+    c.restart(3);
+    assert!(c.settle(&all(3), 10_000));
+    let on1 = tracks(&take(&mut c, 1, t1));
+    assert_eq!(on1.len(), 1, "one new view, node 3 never left it: {on1:?}");
+    let t = &on1[0];
+    assert_eq!(t.view.view_number, before + 1);
+    assert_eq!(
+        changes(t),
+        [
+            (1, ClusterChange::NoChange, true),
+            (2, ClusterChange::NoChange, true),
+            (3, ClusterChange::Reconfigured, true),
+        ]
+    );
+    let new = &t.view.notifications[2].node;
+    assert!(new.boot_timestamp > old.boot_timestamp, "a new incarnation");
+    assert_eq!(new.node_name, old.node_name);
+    assert_eq!(clm(&c, 2).node(3).as_ref(), Some(new));
+    let on2 = tracks(&take(&mut c, 2, t2));
+    assert_eq!(on2.len(), 1, "{on2:?}");
+    assert_eq!(changes(&on2[0]), [(3, ClusterChange::Reconfigured, true)]);
+    // The new incarnation's first view holds the others: its initial view.
+    assert_eq!(new.initial_view_number, before + 1);
+    assert_eq!(
+        clm(&c, 3).node(3).map(|n| n.initial_view_number),
+        Some(before + 1)
+    );
+    assert_eq!(
+        clm(&c, 3).node(1),
+        clm(&c, 1).node(1),
+        "one record everywhere"
+    );
+}
+
+#[test]
+fn a_restarted_node_alone_at_first_takes_the_merged_view_as_its_initial_view() {
+    let mut c = settled(3);
+    let initial_1 = clm(&c, 1).node(1).unwrap().initial_view_number;
+    c.crash(3);
+    assert!(c.settle(&[1, 2], 10_000));
+    let t1 = tracker(&mut c, 1, track::CHANGES_ONLY);
+    // Node 3 comes back cut off from the others: it forms views of its own first.
+    c.partition(&[&[1, 2]]);
+    c.restart(3);
+    assert!(c.settle(&[3], 10_000));
+    let alone = clm(&c, 3).view_number();
+    assert!(alone >= 1);
+    assert_eq!(clm(&c, 3).members(), [3]);
+    // Alone, its first lone view is the cluster as far as it knows.
+    let first_alone = clm(&c, 3).node(3).unwrap().initial_view_number;
+    assert!(first_alone >= 1 && first_alone <= alone);
+    c.heal();
+    assert!(c.settle(&all(3), 20_000));
+    let merged = clm(&c, 1).view_number();
+    let joined = tracks(&take(&mut c, 1, t1));
+    let t = joined.last().expect("node 1 saw node 3 join");
+    assert_eq!(t.view.view_number, merged);
+    assert_eq!(changes(t), [(3, ClusterChange::Joined, true)]);
+    for n in 1..=3 {
+        let s = clm(&c, n);
+        assert_eq!(s.view_number(), merged, "node {n}");
+        assert_eq!(
+            s.node(3).map(|r| r.initial_view_number),
+            Some(merged),
+            "node {n}: node 3 joined the cluster in the merged view"
+        );
+        assert_eq!(
+            s.node(1).map(|r| r.initial_view_number),
+            Some(initial_1),
+            "node {n}: node 1's initial view does not move"
+        );
+    }
+    assert_eq!(t.view.notifications[0].node.initial_view_number, merged);
+}
+
 #[test]
 fn partitions_install_their_own_views_and_the_merge_one_above_both() {
     let mut c = settled(4);
@@ -621,4 +973,28 @@ fn malformed_and_stale_announcements_are_dropped() {
     assert_eq!(s.stats().stale_announces, 1);
     assert_eq!(s.seen_floor, before, "a stale floor is not taken");
     assert_eq!(s.node(2).unwrap().node_name.as_bytes(), b"node2");
+}
+
+#[test]
+fn a_peer_floor_of_u64_max_cannot_overflow_the_view_number() {
+    let mut c = settled(2);
+    let ring = c.registry(1).ring_id().expect("a ring");
+    let forged = AnnounceMsg {
+        ring,
+        floor: u64::MAX,
+        initial_view: u64::MAX,
+        boot_time_ns: u64::MAX,
+        address: NodeAddress::from_ip([10, 0, 0, 2].into()),
+        name: SaName::new(&b"node2"[..]).unwrap(),
+    };
+    let mut msg = BytesMut::new();
+    MsgId::new(ServiceId::CLM, exec::ANNOUNCE).encode(&mut msg);
+    forged.encode(&mut msg);
+    c.node_mut(1).registry.deliver(NodeId(2), msg.freeze());
+    assert_eq!(clm(&c, 1).seen_floor, u64::MAX, "saturated, not wrapped");
+    // Node 1's next view is numbered from that floor: it stays at the top.
+    c.crash(2);
+    assert!(c.settle(&[1], 10_000));
+    assert_eq!(clm(&c, 1).view_number(), u64::MAX);
+    assert_eq!(clm(&c, 1).members(), [1]);
 }

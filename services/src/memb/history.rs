@@ -165,7 +165,9 @@ pub fn decide(
         return (state, events);
     }
 
-    let seq = newest.seq + 1;
+    // From a peer's announcement: a wrong peer's u32::MAX must not overflow. Four
+    // billion primary memberships never happen, so saturating costs nothing real.
+    let seq = newest.seq.saturating_add(1);
     let born: BTreeMap<NodeId, u32> = newest
         .members
         .iter()
@@ -436,6 +438,39 @@ mod tests {
                 seq: 2,
                 members: vec![b(2, 1), b(3, 1), b(1, 2)],
                 joined: vec![b(1, 2)],
+                left: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_peer_announcing_the_highest_sequence_cannot_overflow_it() {
+        let ring = RingId {
+            rep: NodeId(1),
+            seq: 8,
+        };
+        let members = set(&[1, 2]);
+        let peer = History {
+            seq: u32::MAX,
+            ring: Some(RingId {
+                rep: NodeId(2),
+                seq: 4,
+            }),
+            primary: true,
+            members: vec![b(2, u32::MAX)],
+        };
+        let announced: BTreeMap<NodeId, History> =
+            [(NodeId(1), History::default()), (NodeId(2), peer)]
+                .into_iter()
+                .collect();
+        let (state, events) = decide(NodeId(1), ring, &members, &announced, true);
+        assert_eq!(state.seq, u32::MAX);
+        assert_eq!(
+            events,
+            vec![Event::NewMembership {
+                seq: u32::MAX,
+                members: vec![b(1, u32::MAX), b(2, u32::MAX)],
+                joined: vec![b(1, u32::MAX)],
                 left: vec![],
             }]
         );
