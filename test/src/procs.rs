@@ -18,6 +18,13 @@
 //! with the parent-death signal set to SIGKILL, so even a test binary killed outright
 //! takes its daemons with it (and the next run removes the directories it left).
 //!
+//! Beyond clusters, the same tools for tests that start daemons some other way: a
+//! [`Client`] from any prepared [`Command`] (the daemon on its embedded configuration),
+//! [`run_as`] an unprivileged user when the tests run as root, a [`MachineLock`] for
+//! something fixed the whole machine shares (the embedded configuration's port),
+//! [`free_port`] and [`fresh_dir`], and [`log_timestamp`] to time events by the daemons'
+//! own clocks rather than the test's.
+//!
 //! The binaries are taken from the directory the test executable was built into
 //! (`target/<profile>`), so the workspace's binaries must be built first:
 //! `cargo test --workspace --release` or `cargo build --release --workspace`
@@ -277,15 +284,60 @@ mod sys {
     use std::os::unix::process::CommandExt;
     use std::process::Command;
 
+    pub const SIGINT: c_int = 2;
     pub const SIGKILL: c_int = 9;
     pub const SIGTERM: c_int = 15;
     const PR_SET_PDEATHSIG: c_int = 1;
     const ESRCH: i32 = 3;
+    const LOCK_EX: c_int = 2;
+    const LOCK_NB: c_int = 4;
 
     extern "C" {
         fn kill(pid: c_int, sig: c_int) -> c_int;
         fn prctl(option: c_int, ...) -> c_int;
         fn getppid() -> c_int;
+        fn geteuid() -> u32;
+        fn getegid() -> u32;
+        fn setgroups(size: usize, list: *const u32) -> c_int;
+        fn setgid(gid: u32) -> c_int;
+        fn setuid(uid: u32) -> c_int;
+        fn flock(fd: c_int, operation: c_int) -> c_int;
+    }
+
+    /// The effective user and group ids of this process.
+    pub fn effective_ids() -> (u32, u32) {
+        // SAFETY: geteuid(2) and getegid(2) take nothing and cannot fail.
+        unsafe { (geteuid(), getegid()) }
+    }
+
+    /// Makes the child drop its supplementary groups and take `uid` and `gid` before it
+    /// execs (it must be started by root for that to succeed). Call it before
+    /// [`die_with_parent`]: changing credentials clears the parent-death signal.
+    pub fn switch_user(cmd: &mut Command, uid: u32, gid: u32) {
+        // SAFETY: between fork and exec the closure calls only setgroups(2), setgid(2)
+        // and setuid(2), which are async-signal-safe system calls, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if setgroups(0, std::ptr::null()) != 0 || setgid(gid) != 0 || setuid(uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Tries once to take an exclusive `flock` on `fd`; `Ok(false)` if another holds it.
+    pub fn try_lock_exclusive(fd: c_int) -> io::Result<bool> {
+        // SAFETY: flock(2) takes a descriptor and a flag and touches no memory of ours.
+        if unsafe { flock(fd, LOCK_EX | LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(false)
+        } else {
+            Err(e)
+        }
     }
 
     /// Sends `sig` to process `pid`.
@@ -322,6 +374,162 @@ mod sys {
     }
 }
 
+/// The signals that ask a process to stop, as an operator sends them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM, what service managers send.
+    Term,
+    /// SIGINT, what Ctrl-C sends.
+    Int,
+}
+
+impl Signal {
+    /// The signal's number, as the daemon logs it (`signal 15: ...`).
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Term => sys::SIGTERM,
+            Signal::Int => sys::SIGINT,
+        }
+    }
+
+    fn send(self, pid: u32) -> io::Result<()> {
+        sys::signal(pid, self.number())
+    }
+}
+
+/// A user and group that are not root to run processes as: this process's own when it is
+/// not root, else `nobody` (from /etc/passwd, 65534:65534 if it is not listed). Lets a
+/// test show that something needs no root even when the test itself runs as root.
+pub fn unprivileged_ids() -> (u32, u32) {
+    let (uid, gid) = sys::effective_ids();
+    if uid != 0 {
+        return (uid, gid);
+    }
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4 && f[0] == "nobody" {
+                Some((f[2].parse().ok()?, f[3].parse().ok()?))
+            } else {
+                None
+            }
+        })
+        .unwrap_or((65_534, 65_534))
+}
+
+/// Whether this process runs as root (a test may then switch a child to
+/// [`unprivileged_ids`] with [`run_as`]).
+pub fn is_root() -> bool {
+    sys::effective_ids().0 == 0
+}
+
+/// Makes `cmd` run as `uid:gid` with no supplementary groups; a no-op when those are
+/// already this process's ids. Only root can switch to another user.
+pub fn run_as(cmd: &mut Command, uid: u32, gid: u32) {
+    if sys::effective_ids() != (uid, gid) {
+        sys::switch_user(cmd, uid, gid);
+    }
+}
+
+/// An exclusive lock on one named resource of the whole machine (an `flock` on
+/// `<tmp>/ais-test-<name>.lock`), for tests that must use something fixed, like the
+/// embedded configuration's port, and would collide with the same test of another test
+/// run (another worktree, another `cargo test`) on the same machine. Released on drop,
+/// and by the kernel if the process dies.
+pub struct MachineLock {
+    _file: fs::File,
+}
+
+impl MachineLock {
+    /// Waits up to `timeout` for the lock.
+    pub fn acquire(name: &str, timeout: Duration) -> Result<MachineLock, String> {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("ais-test-{name}.lock"));
+        // Read-only when it exists (flock needs no write access), so a lock file another
+        // user created serves too.
+        let file = match fs::File::open(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path),
+            other => other,
+        }
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match sys::try_lock_exclusive(file.as_raw_fd()) {
+                Ok(true) => return Ok(MachineLock { _file: file }),
+                Ok(false) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(false) => {
+                    return Err(format!(
+                        "{} still held by another test after {timeout:?}",
+                        path.display()
+                    ))
+                }
+                Err(e) => return Err(format!("flock {}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+/// When the daemon wrote a log line: its leading timestamp (`logging { timestamp: on }`,
+/// RFC 3339 in UTC, e.g. `2026-11-22T05:26:00.272Z`) as time since the Unix epoch.
+/// Daemons on one machine share its clock, so the difference of two nodes' lines is how
+/// long it took from one event to the other, free of the delays of the test's own
+/// threads and the client programs' pipes.
+pub fn log_timestamp(line: &str) -> Option<Duration> {
+    let word = line.split_whitespace().next()?;
+    let (date, time) = word.split_once('T')?;
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))?;
+    let mut ymd = date.splitn(3, '-');
+    let year: i64 = ymd.next()?.parse().ok()?;
+    let month: u32 = ymd.next()?.parse().ok()?;
+    let day: u32 = ymd.next()?.parse().ok()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut hms = hms.splitn(3, ':');
+    let hour: u64 = hms.next()?.parse().ok()?;
+    let minute: u64 = hms.next()?.parse().ok()?;
+    let second: u64 = hms.next()?.parse().ok()?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    Some(Duration::new(
+        days * 86_400 + hour * 3600 + minute * 60 + second,
+        nanos,
+    ))
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// One daemon of the cluster.
 struct Node {
     id: u32,
@@ -350,8 +558,9 @@ static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
 /// A UDP port that every address 127.0.0.1..=n can bind now. Ports are handed out from a
 /// process-wide counter starting at a point drawn from the pid, so clusters of one test
-/// binary never share one and those of two binaries rarely try to.
-fn free_port(n: usize) -> io::Result<u16> {
+/// binary never share one and those of two binaries rarely try to. Public for tests that
+/// start daemons some other way (test/cluster.sh) and need a port no other test takes.
+pub fn free_port(n: usize) -> io::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
     let start = (std::process::id().wrapping_mul(7919)) % span;
@@ -409,6 +618,13 @@ fn remove_stale_dirs() {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// A fresh, empty `aisp-<name>-<pid>-<n>` directory in the temporary directory, swept
+/// like the clusters' own once this process is gone; for tests that start daemons some
+/// other way and want the same naming and clean-up.
+pub fn fresh_dir(name: &str) -> io::Result<PathBuf> {
+    unique_dir(name)
 }
 
 fn unique_dir(name: &str) -> io::Result<PathBuf> {
@@ -747,6 +963,37 @@ impl ProcCluster {
         self.configurations(i).pop()
     }
 
+    /// The first line of node `i`'s current (or last) log from line `from` on that
+    /// satisfies `pred`, waiting up to `timeout` for it to be written; the error carries
+    /// the log tails.
+    pub fn wait_log_line(
+        &self,
+        i: usize,
+        from: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log(i).lines().skip(from).find(|l| pred(l)) {
+                return Ok(l.to_string());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {i} logged no such line within {timeout:?}\n{}",
+                    self.log_tails(TAIL_LINES)
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// How many lines node `i`'s current log has (an index for
+    /// [`wait_log_line`](Self::wait_log_line)).
+    pub fn log_len(&self, i: usize) -> usize {
+        self.log(i).lines().count()
+    }
+
     /// Waits until each of `nodes` has installed, as its latest regular configuration,
     /// one and the same ring of exactly those nodes; returns it. Fails early, with the
     /// logs, if one of them exits.
@@ -810,10 +1057,17 @@ impl ProcCluster {
     /// Sends SIGTERM to node `i`'s daemon and waits up to `timeout` for it to exit; a
     /// daemon still running then is killed and reported as an error.
     pub fn sigterm(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, String> {
+        self.stop(i, Signal::Term, timeout)
+    }
+
+    /// Sends `sig` to node `i`'s daemon and waits up to `timeout` for it to exit; a
+    /// daemon still running then is killed and reported as an error.
+    pub fn stop(&mut self, i: usize, sig: Signal, timeout: Duration) -> Result<ExitStatus, String> {
         let Some(mut child) = self.node_mut(i).child.take() else {
             return Err(format!("node {i} is not running"));
         };
-        sys::signal(child.id(), sys::SIGTERM).map_err(|e| format!("kill -TERM node {i}: {e}"))?;
+        sig.send(child.id())
+            .map_err(|e| format!("kill -{} node {i}: {e}", sig.number()))?;
         let deadline = Instant::now() + timeout;
         loop {
             match child.try_wait() {
@@ -825,7 +1079,7 @@ impl ProcCluster {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
-                        "node {i} did not exit within {timeout:?} of SIGTERM"
+                        "node {i} did not exit within {timeout:?} of {sig:?}"
                     ));
                 }
             }
@@ -1146,17 +1400,20 @@ impl std::fmt::Display for ClientOutput {
 impl Client {
     /// Starts the workspace binary `program` with `$AIS_SOCKET` set to `socket`.
     pub fn spawn(program: &str, args: &[&str], socket: &Path) -> Client {
-        let path = binary(program);
-        let mut cmd = Command::new(&path);
-        cmd.args(args)
-            .env("AIS_SOCKET", socket)
-            .stdin(Stdio::piped())
+        let mut cmd = Command::new(binary(program));
+        cmd.args(args).env("AIS_SOCKET", socket);
+        Client::from_command(&format!("{program} {}", args.join(" ")), cmd)
+    }
+
+    /// Starts `cmd` as it is set up (environment, user) with its stdin, stdout and stderr
+    /// piped to the harness and the parent-death signal set; for processes the other
+    /// constructors do not cover, such as a daemon run on its embedded configuration.
+    pub fn from_command(name: &str, mut cmd: Command) -> Client {
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         sys::die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let stdout = Arc::new(Lines::default());
         let stderr = Arc::new(Lines::default());
         if let Some(out) = child.stdout.take() {
@@ -1166,7 +1423,7 @@ impl Client {
             Arc::clone(&stderr).read_from(err);
         }
         Client {
-            name: format!("{program} {}", args.join(" ")),
+            name: name.to_string(),
             stdin: child.stdin.take(),
             child,
             stdout,
@@ -1242,6 +1499,27 @@ impl Client {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `sig` to the process (it may still be running when this returns).
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        sig.send(self.child.id())
+    }
+
+    /// The first stderr line from index `from` on satisfying `pred`, waiting up to
+    /// `timeout`.
+    pub fn wait_stderr_line_from(
+        &self,
+        from: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<Line> {
+        self.stderr.wait(from, &|l| pred(&l.text), timeout)
+    }
+
+    /// How many stderr lines so far.
+    pub fn stderr_len(&self) -> usize {
+        self.stderr.lock().lines.len()
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -1310,6 +1588,30 @@ mod tests {
         );
         let trans = "[INFO  totem] transitional configuration 1.8: members {1} left {}";
         assert_eq!(Configuration::parse(trans), None);
+    }
+
+    #[test]
+    fn log_timestamps_parse_to_unix_time() {
+        let t = log_timestamp("2026-11-22T05:26:00.272Z [INFO  totem] configuration 1.8: ..");
+        // 2026-11-22 is day 20779 of the Unix epoch.
+        assert_eq!(
+            t,
+            Some(Duration::new(
+                20_779 * 86_400 + 5 * 3600 + 26 * 60,
+                272_000_000
+            ))
+        );
+        assert_eq!(
+            log_timestamp("1970-01-01T00:00:01Z x"),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            log_timestamp("2000-03-01T00:00:00.000001+00:00"),
+            Some(Duration::new(11_017 * 86_400, 1_000))
+        );
+        assert_eq!(log_timestamp("[INFO  totem] no timestamp"), None);
+        assert_eq!(log_timestamp("2026-13-01T00:00:00Z"), None);
+        assert_eq!(log_timestamp("2026-11-22T05:26:00.27x2Z"), None);
     }
 
     #[test]
