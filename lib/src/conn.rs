@@ -15,7 +15,20 @@
 //! refuses one for a passing reason (it lets it wait instead), so their answers come back
 //! in order and are matched against the oldest outstanding one; a blocking request first
 //! waits for every pipelined answer. A pipelined request whose answer is an error reports
-//! it on the next pipelined call. A full window that no answer frees within
+//! it on the next pipelined call.
+//!
+//! Pipelined requests made while an earlier one is unanswered are *coalesced*: they wait
+//! in the connection's buffer, in order, and go to the socket in one write when an
+//! answer is read (by whichever thread reads: a dispatch, a request, a pipelined call
+//! finding the window full), when [`COALESCE_BYTES`] wait, before any call waits, at
+//! close, and at the latest [`COALESCE_WAIT`] after the first of them (the library's one
+//! thread, the [`flusher`], sees to that, so a request never waits for the application
+//! to call again). A sender at full speed then writes once per batch instead of once per
+//! request, which was most of its cost for small messages (test/bench/RESULTS.md); a
+//! request made when nothing is unanswered is written at once, so a request made now
+//! and then waits for nothing.
+//!
+//! A full window that no answer frees within
 //! [`PIPELINE_WAIT`] is `TryAgain`: the executive is not taking requests (its send queue
 //! is full). At most one thread reads
 //! the socket at a time (it holds the *read turn*); it routes each frame it reads (the
@@ -42,6 +55,7 @@ use std::net::Shutdown;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ais_proto::ipc::{
@@ -79,6 +93,13 @@ const SEND_BUFFER: usize = 1 << 20;
 /// What the kernel charges the send buffer beyond the data for one small write (its
 /// socket buffer bookkeeping), as counted against [`PIPELINE_BYTES`].
 const SEND_OVERHEAD: usize = 1024;
+/// Bytes of coalesced requests (see the module doc) written without waiting for an
+/// answer: hundreds of small requests in one write, far less than any send buffer.
+pub const COALESCE_BYTES: usize = 32 * 1024;
+/// Longest a coalesced request waits in the library when no answer comes to send it.
+/// Under load an answer comes well before; this only bounds the unusual case (the
+/// executive slow to read, or an application that stops calling the library).
+pub const COALESCE_WAIT: Duration = Duration::from_micros(200);
 /// How long a pipelined request waits for room in a full window before `TryAgain`.
 pub const PIPELINE_WAIT: Duration = Duration::from_micros(500);
 
@@ -147,13 +168,22 @@ fn connect_error(e: &io::Error) -> SaError {
 /// A connection to the executive bound to one service. `Send + Sync`: share it by
 /// reference or `Arc`.
 pub struct Connection {
-    stream: UnixStream,
     service: ServiceId,
     version: SaVersion,
     /// Serializes requests: one outstanding request per connection.
     request_lock: Mutex<()>,
     /// Bytes of pipelined requests that may be outstanding (see [`PIPELINE_BYTES`]).
     pipeline_bytes: usize,
+    /// The socket and the state, shared with the [`flusher`] (which holds them weakly).
+    io: Arc<Io>,
+    /// [`COALESCE_WAIT`], except in tests that need the flusher out of the way.
+    coalesce_wait: Duration,
+}
+
+/// What the [`flusher`] thread needs of a connection, besides the connection itself.
+struct Io {
+    stream: UnixStream,
+    service: ServiceId,
     /// Held while writing a frame, so frames from several threads never interleave.
     write_lock: Mutex<()>,
     state: Mutex<State>,
@@ -177,6 +207,12 @@ struct State {
     pipelined: VecDeque<(u32, usize)>,
     /// Sum of the byte counts in `pipelined`.
     pipelined_bytes: usize,
+    /// Pipelined request frames not yet written (coalesced; see the module doc): the
+    /// newest entries of `pipelined`, behind at least one written and unanswered.
+    unsent: BytesMut,
+    /// Counts the batches `unsent` has held, so that the flusher, woken for one, leaves
+    /// a later one alone.
+    batch: u64,
     /// The first error a pipelined request was answered with, for the next pipelined
     /// call to report.
     deferred: Option<SaError>,
@@ -300,19 +336,23 @@ impl Connection {
             .map_or(PIPELINE_BYTES, |granted| granted / 4 * 3)
             .clamp(PIPELINE_BYTES, PIPELINE_BYTES_MAX);
         let conn = Connection {
-            stream,
             service,
             version: accepted,
             request_lock: Mutex::new(()),
             pipeline_bytes,
-            write_lock: Mutex::new(()),
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            coalesce_wait: COALESCE_WAIT,
+            io: Arc::new(Io {
+                stream,
+                service,
+                write_lock: Mutex::new(()),
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
         };
         // Callbacks sent right behind the reply may have come in the same read: queue
         // them now, or they would wait in the buffer with the socket not readable.
         {
-            let mut st = conn.state.lock();
+            let mut st = conn.io.state.lock();
             conn.route(&mut st, &mut rbuf);
             if let Some(e) = st.broken {
                 return Err(e);
@@ -392,7 +432,7 @@ impl Connection {
         }
         let cost = frame.len() + SEND_OVERHEAD;
         let _one_at_a_time = self.request_lock.lock();
-        let mut st = self.state.lock();
+        let mut st = self.io.state.lock();
         let mut deadline = None;
         loop {
             if let Some(e) = st.dead() {
@@ -412,23 +452,49 @@ impl Connection {
             if now >= until {
                 return Err(SaError::TryAgain);
             }
+            // The answers that would free the window may be for requests still here.
+            self.io.flush_unsent(&mut st)?;
             if st.reading {
                 // The reader routes the answers; it wakes us when it has.
-                self.changed.wait_until(&mut st, until);
+                self.io.changed.wait_until(&mut st, until);
             } else {
                 self.read_turn(&mut st, ReadMode::Until(until));
             }
         }
         st.pipelined.push_back((id, cost));
         st.pipelined_bytes += cost;
+        if st.pipelined.len() > 1 && st.unsent.len() + frame.len() < COALESCE_BYTES {
+            // An earlier request is unanswered: its answer, when read, sends this one,
+            // or the flusher does.
+            if st.unsent.is_empty() {
+                st.batch += 1;
+                if !flusher::watch(&self.io, st.batch, self.coalesce_wait) {
+                    // No flusher thread: coalescing would have no bound. Write now.
+                    st.unsent.extend_from_slice(frame);
+                    return self.io.flush_unsent(&mut st);
+                }
+            }
+            st.unsent.extend_from_slice(frame);
+            return Ok(());
+        }
+        // Nothing unanswered (so nothing waits here either), or enough waits: write it
+        // all now, in order. Pipelined calls are serialized by `request_lock`, and other
+        // writers of pipelined frames only write what is in `unsent`, which this takes:
+        // no frame can get between.
+        let mut pending = std::mem::take(&mut st.unsent);
         drop(st);
         let written = {
-            let _w = self.write_lock.lock();
-            (&self.stream).write_all(frame)
+            let _w = self.io.write_lock.lock();
+            if pending.is_empty() {
+                (&self.io.stream).write_all(frame)
+            } else {
+                pending.extend_from_slice(frame);
+                (&self.io.stream).write_all(&pending)
+            }
         };
         if let Err(e) = written {
-            let mut st = self.state.lock();
-            return Err(self.fail(&mut st, SaError::Library, &e));
+            let mut st = self.io.state.lock();
+            return Err(self.io.fail(&mut st, SaError::Library, &e));
         }
         Ok(())
     }
@@ -447,14 +513,15 @@ impl Connection {
         }
         let _one_at_a_time = self.request_lock.lock();
         {
-            let mut st = self.state.lock();
+            let mut st = self.io.state.lock();
             // Answers are matched by id: the pipelined ones come first.
+            self.io.flush_unsent(&mut st)?;
             while !st.pipelined.is_empty() {
                 if let Some(e) = st.dead() {
                     return Err(e);
                 }
                 if st.reading {
-                    self.changed.wait(&mut st);
+                    self.io.changed.wait(&mut st);
                 } else {
                     self.read_turn(&mut st, ReadMode::Block);
                 }
@@ -466,13 +533,13 @@ impl Connection {
             st.response = None;
         }
         let written = {
-            let _w = self.write_lock.lock();
-            (&self.stream).write_all(&frame)
+            let _w = self.io.write_lock.lock();
+            (&self.io.stream).write_all(&frame)
         };
-        let mut st = self.state.lock();
+        let mut st = self.io.state.lock();
         if let Err(e) = written {
             st.awaiting = None;
-            return Err(self.fail(&mut st, SaError::Library, &e));
+            return Err(self.io.fail(&mut st, SaError::Library, &e));
         }
         loop {
             if let Some(response) = st.response.take() {
@@ -484,7 +551,7 @@ impl Connection {
                 return Err(e);
             }
             if st.reading {
-                self.changed.wait(&mut st);
+                self.io.changed.wait(&mut st);
             } else {
                 self.read_turn(&mut st, ReadMode::Block);
             }
@@ -497,7 +564,12 @@ impl Connection {
     /// callbacks queued: they are dropped); after the connection broke, the callbacks
     /// read before it are still returned, then its error.
     pub fn poll_callbacks(&self, wait: bool) -> Result<bool, SaError> {
-        let mut st = self.state.lock();
+        let mut st = self.io.state.lock();
+        if wait && !st.closed {
+            // Nothing of ours waits in the library while we sleep. An error breaks the
+            // connection: reported below, after the callbacks already read.
+            let _ = self.io.flush_unsent(&mut st);
+        }
         loop {
             if st.closed {
                 return Err(SaError::BadHandle);
@@ -512,7 +584,7 @@ impl Connection {
                 if !wait {
                     return Ok(false);
                 }
-                self.changed.wait(&mut st);
+                self.io.changed.wait(&mut st);
             } else {
                 let mode = if wait {
                     ReadMode::Block
@@ -528,18 +600,25 @@ impl Connection {
 
     /// The oldest queued callback, without reading the socket.
     pub fn take_callback(&self) -> Option<ResponseFrame> {
-        let mut st = self.state.lock();
+        let mut st = self.io.state.lock();
         if st.closed {
             return None;
         }
         st.callbacks.pop_front()
     }
 
+    /// Lets coalesced requests wait `wait` for an answer before the flusher writes
+    /// them: tests that check what sends them.
+    #[cfg(test)]
+    fn set_coalesce_wait(&mut self, wait: Duration) {
+        self.coalesce_wait = wait;
+    }
+
     /// Whether callbacks have been read from the socket and wait in the library's queue.
     /// The socket is not readable for those: an application that polls the fd calls
     /// dispatch after its requests, or checks this before polling.
     pub fn callbacks_pending(&self) -> bool {
-        !self.state.lock().callbacks.is_empty()
+        !self.io.state.lock().callbacks.is_empty()
     }
 
     /// Closes the connection from this side: later calls return `BadHandle`, queued
@@ -548,11 +627,14 @@ impl Connection {
     /// connection go away. The descriptor itself is closed when the connection is
     /// dropped.
     pub fn close(&self) {
-        let mut st = self.state.lock();
+        let mut st = self.io.state.lock();
+        // Requests that returned Ok go to the executive, which serves what it read
+        // before it sees the connection close.
+        let _ = self.io.flush_unsent(&mut st);
         st.closed = true;
         st.callbacks.clear();
-        let _ = self.stream.shutdown(Shutdown::Both);
-        self.changed.notify_all();
+        let _ = self.io.stream.shutdown(Shutdown::Both);
+        self.io.changed.notify_all();
     }
 
     /// Takes the read turn (the caller saw `!st.reading`), reads once with the state
@@ -584,14 +666,14 @@ impl Connection {
                 ReadOutcome::Idle
             }
             Err(e) => {
-                self.fail(st, SaError::Library, &e);
+                self.io.fail(st, SaError::Library, &e);
                 ReadOutcome::Progress
             }
         };
         if st.broken.is_none() {
             st.rbuf = buf;
         }
-        self.changed.notify_all();
+        self.io.changed.notify_all();
         outcome
     }
 
@@ -614,7 +696,7 @@ impl Connection {
                 tv_nsec: i64::from(left.subsec_nanos()),
             };
             let mut fds = [rustix::event::PollFd::new(
-                &self.stream,
+                &self.io.stream,
                 rustix::event::PollFlags::IN,
             )];
             match rustix::event::poll(&mut fds, Some(&timeout)) {
@@ -624,9 +706,9 @@ impl Connection {
             }
         }
         let n = match mode {
-            ReadMode::Block => (&self.stream).read(scratch)?,
+            ReadMode::Block => (&self.io.stream).read(scratch)?,
             ReadMode::Poll | ReadMode::Until(_) => {
-                rustix::net::recv(&self.stream, &mut scratch[..], RecvFlags::DONTWAIT)?.0
+                rustix::net::recv(&self.io.stream, &mut scratch[..], RecvFlags::DONTWAIT)?.0
             }
         };
         buf.extend_from_slice(&scratch[..n]);
@@ -636,6 +718,16 @@ impl Connection {
     /// Moves every whole frame out of `buf`: the awaited response into its slot,
     /// callbacks onto the queue. Anything else means the stream is out of step.
     fn route(&self, st: &mut State, buf: &mut BytesMut) {
+        let unanswered = st.pipelined.len();
+        self.route_frames(st, buf);
+        if st.pipelined.len() < unanswered {
+            // The executive answered: send what waited behind those requests. A write
+            // error breaks the connection, which every caller then sees.
+            let _ = self.io.flush_unsent(st);
+        }
+    }
+
+    fn route_frames(&self, st: &mut State, buf: &mut BytesMut) {
         loop {
             match ipc::take_response(buf) {
                 Ok(None) => return,
@@ -647,7 +739,7 @@ impl Connection {
                                 "response {:#x} while pipelined request {id:#x} waits",
                                 frame.id
                             ));
-                            self.fail(st, SaError::MessageError, &e);
+                            self.io.fail(st, SaError::MessageError, &e);
                             return;
                         }
                         st.pipelined.pop_front();
@@ -664,18 +756,21 @@ impl Connection {
                             "response {:#x} to no outstanding request",
                             frame.id
                         ));
-                        self.fail(st, SaError::MessageError, &e);
+                        self.io.fail(st, SaError::MessageError, &e);
                         return;
                     }
                 }
                 Err(e) => {
-                    self.fail(st, SaError::MessageError, &io::Error::other(e));
+                    self.io
+                        .fail(st, SaError::MessageError, &io::Error::other(e));
                     return;
                 }
             }
         }
     }
+}
 
+impl Io {
     /// Marks the connection unusable with `error` (the first error sticks) and shuts
     /// the socket so the executive sees us go; returns what callers get from now on.
     fn fail(&self, st: &mut State, error: SaError, cause: &io::Error) -> SaError {
@@ -688,12 +783,34 @@ impl Connection {
         self.changed.notify_all();
         st.dead().unwrap_or(error)
     }
+
+    /// Writes the coalesced requests, if any, with the state locked (they must reach
+    /// the socket before anything written after this call). Does not block for long:
+    /// written and unwritten pipelined requests together stay within the window, which
+    /// fits in the socket's send buffer. The connection's error, if it is dead.
+    fn flush_unsent(&self, st: &mut State) -> Result<(), SaError> {
+        let pending = std::mem::take(&mut st.unsent);
+        if let Some(e) = st.dead() {
+            return Err(e);
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let written = {
+            let _w = self.write_lock.lock();
+            (&self.stream).write_all(&pending)
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(st, SaError::Library, &e)),
+        }
+    }
 }
 
 impl AsRawFd for Connection {
     /// The socket: readable when a callback (or a response) may be waiting in it.
     fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.io.stream.as_raw_fd()
     }
 }
 
@@ -702,8 +819,103 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("service", &self.service)
             .field("version", &self.version)
-            .field("fd", &self.stream.as_raw_fd())
+            .field("fd", &self.io.stream.as_raw_fd())
             .finish_non_exhaustive()
+    }
+}
+
+/// The library's one thread: it writes coalesced requests that no answer sent within
+/// [`COALESCE_WAIT`] (see the module doc). Connections are held weakly, so a connection
+/// dropped meanwhile is simply skipped.
+mod flusher {
+    use super::*;
+    use std::collections::VecDeque;
+
+    struct Watch {
+        due: Instant,
+        io: Weak<Io>,
+        batch: u64,
+    }
+
+    #[derive(Default)]
+    struct Queue {
+        /// Oldest first; `due` grows along it, since every entry waits the same time.
+        watches: Mutex<VecDeque<Watch>>,
+        wake: Condvar,
+    }
+
+    /// The queue, with its thread started on first use; `None` if the thread could not
+    /// be started.
+    fn queue() -> Option<&'static Queue> {
+        static QUEUE: OnceLock<Option<Queue>> = OnceLock::new();
+        QUEUE
+            .get_or_init(|| {
+                std::thread::Builder::new()
+                    .name("libais-flush".into())
+                    .spawn(run)
+                    .map_err(|e| warn!(target: "libais", "no flusher thread ({e}): requests are not coalesced"))
+                    .ok()
+                    .map(|_| Queue::default())
+            })
+            .as_ref()
+    }
+
+    /// Asks for batch `batch` of `io`'s coalesced requests to be written `wait` from
+    /// now at the latest; false when there is no flusher thread.
+    pub(super) fn watch(io: &Arc<Io>, batch: u64, wait: Duration) -> bool {
+        let Some(q) = queue() else {
+            return false;
+        };
+        let due = Instant::now() + wait;
+        let mut watches = q.watches.lock();
+        // Every connection but a test's waits the same time: this goes last.
+        let at = watches
+            .iter()
+            .rposition(|w| w.due <= due)
+            .map_or(0, |i| i + 1);
+        watches.insert(
+            at,
+            Watch {
+                due,
+                io: Arc::downgrade(io),
+                batch,
+            },
+        );
+        if at == 0 {
+            q.wake.notify_one();
+        }
+        true
+    }
+
+    fn run() {
+        // Started inside `queue`'s initialization, which this waits for; it succeeded,
+        // since this thread runs.
+        let Some(q) = queue() else {
+            return;
+        };
+        let mut watches = q.watches.lock();
+        loop {
+            let Some(due) = watches.front().map(|w| w.due) else {
+                q.wake.wait(&mut watches);
+                continue;
+            };
+            if Instant::now() < due {
+                q.wake.wait_until(&mut watches, due);
+                continue;
+            }
+            let Some(w) = watches.pop_front() else {
+                continue;
+            };
+            drop(watches);
+            if let Some(io) = w.io.upgrade() {
+                let mut st = io.state.lock();
+                // A later batch has its own watch.
+                if st.batch == w.batch {
+                    let _ = io.flush_unsent(&mut st);
+                }
+            }
+            watches = q.watches.lock();
+        }
     }
 }
 
@@ -795,6 +1007,37 @@ mod tests {
             }
         }
 
+        /// Whether nothing the client wrote is waiting to be read, now.
+        fn idle(&mut self) -> bool {
+            if !self.buf.is_empty() {
+                return false;
+            }
+            let mut byte = [0u8; 1];
+            let flags = RecvFlags::DONTWAIT | RecvFlags::PEEK;
+            match rustix::net::recv(&self.stream, &mut byte[..], flags) {
+                Err(e) if e == rustix::io::Errno::AGAIN => true,
+                Ok(_) => false,
+                Err(e) => panic!("peek: {e}"),
+            }
+        }
+
+        /// Reads to the end of the stream: the requests the client wrote before it
+        /// closed.
+        fn requests_until_eof(&mut self) -> Vec<(u32, Bytes)> {
+            let mut all = Vec::new();
+            loop {
+                while let Some(r) = ipc::take_request(&mut self.buf).unwrap() {
+                    all.push(r);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).unwrap();
+                if n == 0 {
+                    return all;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
         fn send(&mut self, id: u32, error: SaError, body: &[u8]) {
             let mut out = BytesMut::new();
             ipc::put_response(&mut out, id, error, body);
@@ -860,12 +1103,20 @@ mod tests {
 
     #[test]
     fn pipelined_requests_do_not_wait_and_an_error_answer_is_reported_next() {
-        let (conn, mut peer) = pair();
+        let (mut conn, mut peer) = pair();
+        conn.set_coalesce_wait(Duration::from_secs(60));
         conn.request_pipelined(7, &frame_of(7, b"one")).unwrap();
         conn.request_pipelined(7, &frame_of(7, b"two")).unwrap();
         assert_eq!(peer.request(), (7, Bytes::from_static(b"one")));
-        assert_eq!(peer.request(), (7, Bytes::from_static(b"two")));
+        // "two" waits in the library behind the unanswered "one"; reading the answer
+        // sends it.
+        assert!(
+            peer.idle(),
+            "a request behind an unanswered one was written"
+        );
         peer.send(7, SaError::Ok, b"");
+        assert_eq!(conn.poll_callbacks(false), Ok(false));
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"two")));
         peer.send(7, SaError::NotExist, b"");
         // A blocking request first waits for both answers, then gets its own.
         let t = std::thread::spawn(move || {
@@ -883,6 +1134,95 @@ mod tests {
         );
         conn.request_pipelined(7, &frame_of(7, b"three")).unwrap();
         assert_eq!(peer.request(), (7, Bytes::from_static(b"three")));
+    }
+
+    #[test]
+    fn requests_behind_an_unanswered_one_go_out_together_in_order_when_it_is_answered() {
+        let (mut conn, mut peer) = pair();
+        conn.set_coalesce_wait(Duration::from_secs(60));
+        conn.request_pipelined(7, &frame_of(7, b"first")).unwrap();
+        for i in 0..100u32 {
+            conn.request_pipelined(7, &frame_of(7, &i.to_be_bytes()))
+                .unwrap();
+        }
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"first")));
+        assert!(
+            peer.idle(),
+            "coalesced requests were written before an answer"
+        );
+        // A thread in a blocking dispatch reads the answer, which sends the rest.
+        let t = std::thread::spawn(move || {
+            let r = conn.poll_callbacks(true);
+            (conn, r)
+        });
+        peer.send(7, SaError::Ok, b"");
+        for i in 0..100u32 {
+            assert_eq!(
+                peer.request(),
+                (7, Bytes::copy_from_slice(&i.to_be_bytes()))
+            );
+        }
+        let mut answers = BytesMut::new();
+        for _ in 0..100 {
+            ipc::put_response(&mut answers, 7, SaError::Ok, b"");
+        }
+        ipc::put_response(&mut answers, 1 | CALLBACK_FLAG, SaError::Ok, b"cb");
+        peer.stream.write_all(&answers).unwrap();
+        let (conn, r) = join_within(t);
+        assert_eq!(r, Ok(true));
+        // Every request answered: the next one goes out at once.
+        assert!(conn.io.state.lock().pipelined.is_empty());
+        conn.request_pipelined(7, &frame_of(7, b"alone")).unwrap();
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"alone")));
+    }
+
+    #[test]
+    fn coalesced_requests_are_written_once_coalesce_bytes_wait() {
+        let (mut conn, mut peer) = pair();
+        conn.set_coalesce_wait(Duration::from_secs(60));
+        conn.request_pipelined(7, &frame_of(7, b"first")).unwrap();
+        let body = [0x5a; 1000];
+        let mut sent = 0;
+        // No answer comes: the buffer alone decides when they go.
+        while sent * (body.len() + REQUEST_HEADER_LEN) < COALESCE_BYTES {
+            conn.request_pipelined(7, &frame_of(7, &body)).unwrap();
+            sent += 1;
+        }
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"first")));
+        for _ in 0..sent {
+            assert_eq!(peer.request().1.len(), body.len());
+        }
+    }
+
+    #[test]
+    fn the_flusher_writes_coalesced_requests_that_no_answer_sends() {
+        let (conn, mut peer) = pair();
+        conn.request_pipelined(7, &frame_of(7, b"one")).unwrap();
+        conn.request_pipelined(7, &frame_of(7, b"two")).unwrap();
+        // Nobody reads on the client's side, and no answer comes.
+        let start = Instant::now();
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"one")));
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"two")));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the flusher took {:?}",
+            start.elapsed()
+        );
+        drop(conn);
+    }
+
+    #[test]
+    fn close_sends_the_coalesced_requests_before_the_connection_ends() {
+        let (mut conn, mut peer) = pair();
+        conn.set_coalesce_wait(Duration::from_secs(60));
+        for body in [&b"one"[..], b"two", b"three"] {
+            conn.request_pipelined(7, &frame_of(7, body)).unwrap();
+        }
+        assert_eq!(peer.request(), (7, Bytes::from_static(b"one")));
+        assert!(peer.idle());
+        conn.close();
+        let got: Vec<Bytes> = peer.requests_until_eof().into_iter().map(|r| r.1).collect();
+        assert_eq!(got, [&b"two"[..], b"three"]);
     }
 
     #[test]

@@ -218,7 +218,9 @@ impl Cpg {
     /// later, after dispatching).
     ///
     /// While joined, the call does not wait for the executive's answer: it returns once
-    /// the request is written, with up to [`crate::conn::PIPELINE_MAX`] requests on
+    /// the request is written or, while earlier ones are unanswered, queued in the
+    /// library to go out with them in one write (at the latest
+    /// [`crate::conn::COALESCE_WAIT`] later), with up to [`crate::conn::PIPELINE_MAX`] requests on
     /// their way (see [`crate::conn`]); messages keep their order, and `TryAgain` comes
     /// when that window stays full. An error the executive answered an earlier
     /// multicast with (none is expected while joined) is returned by the next call,
