@@ -14,7 +14,7 @@ use crate::event::{Dest, Event, MembState};
 use crate::srp::{Srp, Timer};
 use crate::store::{Held, RingStore, MAX_WINDOW};
 use crate::types::NodeId;
-use crate::wire::{Frame, Mcast, MergeDetect, Recovered, Token, TokenHoldCancel, MAX_RTR};
+use crate::wire::{Frame, Mcast, MergeDetect, Recovered, Token, TokenHoldCancel};
 
 /// What a visit of the token sends before passing it on.
 struct Sends {
@@ -178,6 +178,8 @@ impl Srp {
     /// overtake the multicast frames it announces, which should be given time to arrive.
     fn request_missing(&mut self, tok: &mut Token) {
         let miss_count_const = self.p.miss_count_const;
+        // The token must still fit one frame.
+        let rtr_max = crate::wire::rtr_capacity(self.p.max_frame_len);
         let store = match self.recovery.as_ref() {
             Some(rec) => &rec.store,
             None => &self.store,
@@ -195,7 +197,7 @@ impl Srp {
             if *misses < miss_count_const {
                 continue;
             }
-            if tok.rtr.len() >= MAX_RTR {
+            if tok.rtr.len() >= rtr_max {
                 break;
             }
             if !tok.rtr.contains(&seq) {

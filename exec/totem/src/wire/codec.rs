@@ -12,7 +12,7 @@ use super::*;
 /// `ring_id` on the wire: rep u32, seq u64.
 const RING_ID_LEN: usize = 4 + 8;
 /// Token fixed fields after the header, up to and including `rtr_count`.
-const TOKEN_FIXED_LEN: usize = RING_ID_LEN + 8 + 8 + 8 + 4 + 4 + 4 + 4 + 2;
+const TOKEN_BODY_FIXED_LEN: usize = RING_ID_LEN + 8 + 8 + 8 + 4 + 4 + 4 + 4 + 2;
 /// Mcast fields after the header up to and including `flags`.
 const MCAST_FIXED_LEN: usize = RING_ID_LEN + 8 + 1;
 /// The recovery encapsulation: old ring id, old seq, old origin.
@@ -30,7 +30,7 @@ const _: () = assert!(HEADER_LEN + MCAST_FIXED_LEN + MCAST_RECOVERED_LEN + 4 == 
 pub(super) fn encoded_len(frame: &Frame) -> usize {
     HEADER_LEN
         + match frame {
-            Frame::Token(t) => TOKEN_FIXED_LEN + 8 * t.rtr.len(),
+            Frame::Token(t) => TOKEN_BODY_FIXED_LEN + 8 * t.rtr.len(),
             Frame::Mcast(m) => {
                 let recovered = if m.recovered.is_some() {
                     MCAST_RECOVERED_LEN
@@ -798,6 +798,23 @@ mod tests {
                 Err(DecodeError::TrailingBytes),
                 "{frame:?}"
             );
+        }
+    }
+
+    #[test]
+    fn token_fits_its_frame_with_a_full_retransmit_list() {
+        assert_eq!(token_min().to_bytes().len(), TOKEN_FIXED_LEN);
+        for frame_len in [576, 1472, 8972, MAX_FRAME_LEN] {
+            let Frame::Token(mut t) = token_max() else {
+                unreachable!("token_max builds a token")
+            };
+            t.rtr.truncate(rtr_capacity(frame_len));
+            let len = Frame::Token(t).to_bytes().len();
+            assert!(
+                len <= frame_len,
+                "{len}-byte token for {frame_len}-byte frames"
+            );
+            assert!(frame_len - len < 8 || rtr_capacity(frame_len) == MAX_RTR);
         }
     }
 
