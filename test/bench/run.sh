@@ -18,7 +18,7 @@
 # SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], TRANSPORTS ["udp udpu"]
 # (aisexec's: multicast and unicast),
 # FAIL_REPS [=REPS], SOAK_S [60], IDLE_S [10], COROSYNC [auto|no], CS_TRANSPORTS
-# ["udpu knet"], NETMTU [unset: aisexec's default], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
+# ["udpu knet"], NETMTU and LINGER_US [unset: aisexec's defaults], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
 # AIS_BIN_DIR [target/release]. Builds with `cargo build --release` first unless
 # NO_BUILD=1. Needs root (namespaces); always tears down what it made.
 set -u
@@ -29,7 +29,7 @@ BIN=${AIS_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 WORK=${WORK:-/tmp/aisbench-run}
 REPS=${REPS:-3}
 DUR=${DUR:-3}
-SIZES=${SIZES:-"64 1024 8192 65536"}
+SIZES=${SIZES-"64 1024 8192 65536"}
 LAT_SIZES=${LAT_SIZES:-"64 1024"}
 LAT_S=${LAT_S:-3}
 TRANSPORTS=${TRANSPORTS:-"udp udpu"}
@@ -118,7 +118,8 @@ totem {
     cluster_name: aisbench
     token: $token
     token_coefficient: $coef${NETMTU:+
-    netmtu: $NETMTU}
+    netmtu: $NETMTU}${LINGER_US:+
+    linger_us: $LINGER_US}
     interface {
         ringnumber: 0
         bindnetaddr: $NET.$i

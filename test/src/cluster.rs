@@ -737,7 +737,7 @@ impl Cluster {
         let node = &mut self.nodes[i];
         let inc = node.incarnation;
         let Some(srp) = node.srp.as_mut() else { return };
-        while let Some(tx) = srp.poll_transmit() {
+        while let Some(tx) = srp.poll_transmit(now) {
             if tx.data.len() > self.params.max_frame_len {
                 self.checker.report(
                     Property::Harness,

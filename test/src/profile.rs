@@ -32,6 +32,7 @@ pub fn draw(rng: &mut Rng) -> (TotemConfig, String) {
         *rng.pick(&[(50, 17), (50, 17), (20, 5), (100, 30), (10, 10)]);
     let netmtu = *rng.pick(&[1500, 1500, 1500, 1200, 9000]);
     let accelerated_window = *rng.pick(&[0, 0, 1, 4, 1000]);
+    let linger_us = *rng.pick(&[0, 150, 150, 1000, 10_000]);
     let send_queue_max_msgs = if rng.chance(0.15) {
         64
     } else {
@@ -47,12 +48,13 @@ pub fn draw(rng: &mut Rng) -> (TotemConfig, String) {
         max_messages,
         netmtu,
         accelerated_window,
+        linger_us,
         send_queue_max_msgs,
         ..TotemConfig::default()
     };
     let desc = format!(
         "token {token_ms} ms (+{token_coefficient_ms}/node), join {join_ms}, merge {merge_ms}, downcheck {downcheck_ms}, \
-         window {window_size}/{max_messages}, accelerated {accelerated_window}, mtu {netmtu}, \
+         window {window_size}/{max_messages}, accelerated {accelerated_window}, linger {linger_us} us, mtu {netmtu}, \
          send queue {send_queue_max_msgs}"
     );
     (cfg, desc)

@@ -738,3 +738,189 @@ fn a_message_cut_by_its_senders_crash_is_delivered_by_no_survivor() {
     }
     check(&mut c);
 }
+
+// ----- linger -----
+
+fn linger_profile(linger_us: u32) -> TotemConfig {
+    TotemConfig {
+        linger_us,
+        ..profile::fast()
+    }
+}
+
+/// Node 1 sends `rounds` messages one at a time, each as soon as the previous one was
+/// delivered to itself (a client with one request outstanding). Returns how many times
+/// node 1 passed the token on meanwhile and the virtual time it took, in µs.
+fn ping_pong(c: &mut Cluster, ring: RingId, rounds: usize) -> (usize, u64) {
+    let wire = watch(c, |_| Fate::Pass);
+    let start = c.now();
+    for round in 0..rounds {
+        let id = c.send_numbered(1, 64).expect("queue has room");
+        assert!(
+            c.run_until(|c| c.delivered_ids(1).contains(&id), 1000),
+            "round {round}: message not delivered to its sender within 1 s:\n{}",
+            c.status()
+        );
+    }
+    let took = c.now().micros_since(start);
+    let passes = tokens_from(&wire, ring, 1).len();
+    c.clear_filter();
+    (passes, took)
+}
+
+#[test]
+fn a_sender_answering_its_own_delivery_sends_in_the_same_visit_when_the_token_lingers() {
+    const ROUNDS: usize = 50;
+    let (mut c, ring) = formed(71, 3, linger_profile(150));
+    let rotation_us = 3 * c.delay_us();
+    let (passes, took) = ping_pong(&mut c, ring, ROUNDS);
+    check(&mut c);
+    // The first message may wait for the token; every later one is sent while the
+    // token lingers after its predecessor's visit, so the token leaves node 1 once
+    // per message at most (after each second send) and no message waits a rotation.
+    assert!(
+        passes <= ROUNDS + 1,
+        "node 1 passed the token {passes} times for {ROUNDS} messages"
+    );
+    assert!(
+        took < 2 * rotation_us + 1000,
+        "{ROUNDS} one-at-a-time messages took {took} µs with a {rotation_us} µs rotation"
+    );
+    assert!(c.srp(1).unwrap().stats().token_lingers >= 1);
+
+    // Without the linger every message waits one whole rotation for the token.
+    let (mut c, ring) = formed(71, 3, linger_profile(0));
+    let (_, took) = ping_pong(&mut c, ring, ROUNDS);
+    check(&mut c);
+    assert!(
+        took >= (ROUNDS as u64 - 1) * rotation_us,
+        "{ROUNDS} one-at-a-time messages took only {took} µs without linger \
+         (rotation {rotation_us} µs)"
+    );
+    assert_eq!(c.srp(1).unwrap().stats().token_lingers, 0);
+}
+
+#[test]
+fn a_lingering_token_moves_on_after_linger_us_and_not_while_others_have_a_backlog() {
+    const LINGER_US: u32 = 2000;
+    let (mut c, ring) = formed(72, 3, linger_profile(LINGER_US));
+    // Wake the ring and let it settle into rotation.
+    c.send_numbered(2, 64).unwrap();
+    drain(&mut c);
+    let wire = watch(&mut c, |_| Fate::Pass);
+    let id = c.send_numbered(1, 64).unwrap();
+    assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
+    c.run_for(50);
+    // The visit that multicast the message: its frame and the token that followed.
+    let log = wire.borrow();
+    let sent_at = log
+        .iter()
+        .find(|s| s.from == 1 && new_mcast(s, ring).is_some())
+        .map(|s| s.at)
+        .expect("node 1 multicast its message");
+    let passed_at = log
+        .iter()
+        .filter(|s| s.from == 1 && s.at >= sent_at)
+        .find_map(|s| token_of(s, ring).map(|_| s.at))
+        .expect("node 1 passed the token on");
+    let waited = passed_at.micros_since(sent_at);
+    assert!(
+        (u64::from(LINGER_US)..u64::from(LINGER_US) + 100).contains(&waited),
+        "node 1 kept the token {waited} µs after its last send; linger_us is {LINGER_US}"
+    );
+    drop(log);
+    c.clear_filter();
+    let lingers = c.srp(1).unwrap().stats().token_lingers;
+    assert!(lingers >= 1);
+
+    // Node 2 has a long queue (several visits' worth at max_messages per visit). Once
+    // the token has carried that backlog round (after node 1's first message, which
+    // may see an older token), node 1 no longer lingers while the queue lasts.
+    let burst: Vec<MsgId> = (0..2000)
+        .map(|_| c.send_numbered(2, frame_sized(&c)).unwrap())
+        .collect();
+    // Node 1's client answers each delivery 50 µs later.
+    let answer = |c: &mut Cluster| {
+        let id = c.send_numbered(1, 64).unwrap();
+        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
+        let at = c.now().plus_micros(50);
+        c.run_until(|c| c.now() >= at, 1);
+    };
+    let mut rounds = 0;
+    while !delivered_everywhere(&c, &[2], &burst[..100]) {
+        assert!(
+            rounds < 10_000,
+            "node 2 never got the token:\n{}",
+            c.status()
+        );
+        answer(&mut c);
+        rounds += 1;
+    }
+    let before = c.srp(1).unwrap().stats().token_lingers;
+    rounds = 0;
+    while !delivered_everywhere(&c, &[2], &burst[..burst.len() / 2]) && rounds < 10_000 {
+        answer(&mut c);
+        rounds += 1;
+    }
+    assert!(
+        rounds > 0,
+        "node 2's burst was gone before node 1 sent anything"
+    );
+    assert_eq!(
+        c.srp(1).unwrap().stats().token_lingers,
+        before,
+        "node 1 lingered while node 2 had messages waiting"
+    );
+    drain(&mut c);
+    check(&mut c);
+}
+
+#[test]
+fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_two_lingers() {
+    const LINGER_US: u32 = 500;
+    let (mut c, _ring) = formed(73, 3, linger_profile(LINGER_US));
+    let visit_us = c.params().linger_visit_us;
+    let hop_us = c.delay_us();
+    // Node 1's client answers each delivery 50 µs later, so node 1 keeps the token for
+    // up to a whole visit's linger...
+    let answer = |c: &mut Cluster| {
+        let id = c.send_numbered(1, 64).unwrap();
+        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
+        let at = c.now().plus_micros(50);
+        c.run_until(|c| c.now() >= at, 1);
+    };
+    for _ in 0..20 {
+        answer(&mut c);
+    }
+    assert!(c.srp(1).unwrap().stats().token_lingers > 0);
+    // ... until node 2, whose message has waited twice linger_us, asks for it.
+    let wants = c.srp(2).unwrap().stats().token_wants;
+    let queued_at = c.now();
+    let id = c.send_numbered(2, 64).unwrap();
+    let mut rounds = 0;
+    while !c.delivered_ids(2).contains(&id) {
+        assert!(
+            rounds < 10_000,
+            "node 2 never got the token:\n{}",
+            c.status()
+        );
+        // As `answer`, but stopping as soon as node 2 has its message.
+        let mine = c.send_numbered(1, 64).unwrap();
+        let done =
+            |c: &Cluster| c.delivered_ids(1).contains(&mine) || c.delivered_ids(2).contains(&id);
+        assert!(c.run_until(done, 1000));
+        if !c.delivered_ids(2).contains(&id) {
+            let at = c.now().plus_micros(50);
+            c.run_until(|c| c.now() >= at || c.delivered_ids(2).contains(&id), 1);
+        }
+        rounds += 1;
+    }
+    let waited = c.now().micros_since(queued_at);
+    assert!(
+        waited < 2 * u64::from(LINGER_US) + 3 * hop_us + 200 && waited < visit_us,
+        "node 2's message waited {waited} µs (linger {LINGER_US} µs, visit cap {visit_us} µs)"
+    );
+    assert_eq!(c.srp(2).unwrap().stats().token_wants, wants + 1);
+    drain(&mut c);
+    check(&mut c);
+}

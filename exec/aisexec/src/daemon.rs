@@ -21,11 +21,13 @@ use totem::{ConfKind, Dest, Event, Instant, McastError, NodeId, Srp};
 
 use crate::ipc::IpcServer;
 use crate::runtime::RuntimeDir;
+use crate::timer::FineTimer;
 use crate::transport::Transport;
 
 const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const FINE_TIMER: Token = Token(3);
 /// Client output, in bytes over all connections, small enough to write before the
 /// frames of a token visit.
 const SMALL_OUTPUT: usize = 16 << 10;
@@ -68,6 +70,9 @@ impl Daemon {
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut fine_timer = FineTimer::new()?;
+        fine_timer.register(poll.registry(), FINE_TIMER)?;
+        let mut fine_timer_failed = false;
         let mut events = Events::with_capacity(256);
         // Registry effects that Totem's queue could not take yet, in order.
         let mut pending: VecDeque<Bytes> = VecDeque::new();
@@ -82,6 +87,12 @@ impl Daemon {
                 .flatten()
                 .min();
             let timeout = deadline.map(|d| Duration::from_micros(d.0.saturating_sub(now.0)));
+            if let Err(e) = fine_timer.arm(timeout) {
+                if !fine_timer_failed {
+                    fine_timer_failed = true;
+                    warn!(target: "main", "timerfd: {e}; short timers may wait up to 1 ms longer");
+                }
+            }
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -102,6 +113,7 @@ impl Daemon {
                         }
                     },
                     LISTENER => self.ipc.accept(poll.registry()),
+                    FINE_TIMER => fine_timer.fired(),
                     SIGNALS => {
                         for sig in signals.pending() {
                             info!(target: "main", "signal {sig}: leaving the ring and exiting");
@@ -247,7 +259,7 @@ impl Daemon {
                     }
                 }
             }
-            while let Some(t) = self.srp.poll_transmit() {
+            while let Some(t) = self.srp.poll_transmit(now) {
                 progress = true;
                 match t.dest {
                     Dest::Unicast(n) if n == self.me => to_self.push(t.data),

@@ -10,4 +10,5 @@ pub mod ipc;
 pub mod logging;
 pub mod runtime;
 pub mod status;
+pub mod timer;
 pub mod transport;

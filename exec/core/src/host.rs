@@ -76,6 +76,8 @@ pub fn totem_counters(s: &totem::Stats) -> Vec<Counter> {
         // One token per rotation of the ring passes through this node.
         c("totem.token_rotations", s.tokens_received),
         c("totem.token_retransmits", s.token_retransmits),
+        c("totem.token_lingers", s.token_lingers),
+        c("totem.token_wants", s.token_wants),
         c("totem.mcast_frames", s.mcast_frames),
         c("totem.messages_delivered", s.messages_delivered),
         c("totem.token_losses", s.token_losses),

@@ -60,12 +60,22 @@ impl TestCluster {
     /// `size` nodes started at time zero; `setup` registers the services of a node (it
     /// runs again on every restart).
     pub fn new(size: u32, setup: impl Fn(&mut Registry) + 'static) -> TestCluster {
-        let params = TotemConfig {
+        let totem = TotemConfig {
             token_ms: 200,
             ..TotemConfig::default()
-        }
-        .resolve(size as usize)
-        .expect("test Totem configuration resolves");
+        };
+        TestCluster::with_totem(size, totem, setup)
+    }
+
+    /// As [`TestCluster::new`], with these Totem settings.
+    pub fn with_totem(
+        size: u32,
+        totem: TotemConfig,
+        setup: impl Fn(&mut Registry) + 'static,
+    ) -> TestCluster {
+        let params = totem
+            .resolve(size as usize)
+            .expect("test Totem configuration resolves");
         let mut c = TestCluster {
             now: Instant(0),
             params,
@@ -221,7 +231,7 @@ impl TestCluster {
         };
         loop {
             let mut moved = false;
-            while let Some(tx) = node.srp.poll_transmit() {
+            while let Some(tx) = node.srp.poll_transmit(now) {
                 moved = true;
                 let at = now.plus_micros(DELAY_US);
                 match tx.dest {

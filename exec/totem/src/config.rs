@@ -49,6 +49,14 @@ pub const MIN_HOLD_MS: u32 = 1;
 pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 /// Largest `window_size` accepted.
 pub const MAX_WINDOW_SIZE: u32 = 10_000;
+/// Longest `linger_us`, in microseconds (10 ms): short against the token timeout (at
+/// least MIN_TOKEN_MS); at the shortest token_retransmit the predecessor may resend the
+/// token meanwhile, which the lingering member drops as a duplicate.
+pub const MAX_LINGER_US: u64 = 10_000;
+/// A visit lingers at most this many times `linger_us` in all, so a local application
+/// that answers every delivery at once sends many messages per visit, and others wait
+/// a bounded time.
+pub const LINGER_VISIT_FACTOR: u64 = 64;
 /// Smallest `netmtu` accepted: the IPv4 minimum (576), raised if needed so that a frame
 /// holds the largest Totem header and 512 bytes of payload.
 pub const MIN_NETMTU: u32 = {
@@ -132,6 +140,15 @@ pub struct TotemConfig {
     /// are still on the wire. Order is unchanged (the token already carries their
     /// numbers); off during recovery. 0 (the default) is the classic ring.
     pub accelerated_window: u32,
+    /// `linger_us`: microseconds a member that has just multicast everything it had
+    /// keeps the token, when the token says no other member has messages waiting, so
+    /// that a message its local application sends in answer to what it just received
+    /// (the next request of a client that has one outstanding at a time) goes out at
+    /// once instead of one whole rotation later. A member that gets nothing in that
+    /// time passes the token on; another member's new message waits at most this
+    /// long. 0 turns it off; at most 10,000 (default 150: about two process wake-ups,
+    /// the turnaround of a local client; test/bench/RESULTS.md).
+    pub linger_us: u32,
     /// `send_queue_max_msgs`: most local messages waiting for the token; beyond it
     /// `mcast` refuses, so a fast sender is pushed back (default 16384).
     pub send_queue_max_msgs: u32,
@@ -161,6 +178,7 @@ impl Default for TotemConfig {
             token_retransmits_before_loss_const: 4,
             netmtu: 1500,
             accelerated_window: 0,
+            linger_us: 150,
             send_queue_max_msgs: 16384,
             send_queue_max_bytes: 8 << 20,
         }
@@ -198,6 +216,13 @@ pub struct Params {
     pub max_frame_len: usize,
     /// New frames of a visit sent after the token (0: none).
     pub accelerated_window: u32,
+    /// How long a sender that emptied its queue keeps the token waiting for its next
+    /// message (0: never); at most [`MAX_LINGER_US`].
+    pub linger_us: u64,
+    /// How long one visit may keep lingering in all: [`LINGER_VISIT_FACTOR`] ×
+    /// `linger_us`, at most half of `token_retransmit_us`. The most another member's
+    /// new message waits extra for the token.
+    pub linger_visit_us: u64,
     pub send_queue_max_msgs: u32,
     /// At least one whole largest message with its overhead.
     pub send_queue_max_bytes: u32,
@@ -279,6 +304,16 @@ impl TotemConfig {
         let merge_us = check_period("merge", self.merge_ms)?;
         let downcheck_us = check_period("downcheck", self.downcheck_ms)?;
         self.check_flow_control()?;
+        if self.linger_us > MAX_LINGER_US as u32 {
+            return Err(ConfigError::count(
+                "linger_us",
+                self.linger_us.into(),
+                format!(
+                    "must be at most {MAX_LINGER_US} (microseconds): every other member's \
+                     new messages may wait this long"
+                ),
+            ));
+        }
         let max_frame_len = self.resolve_max_frame_len()?;
         self.check_send_queue()?;
 
@@ -298,6 +333,9 @@ impl TotemConfig {
             token_retransmits_before_loss_const: self.token_retransmits_before_loss_const,
             max_frame_len,
             accelerated_window: self.accelerated_window,
+            linger_us: u64::from(self.linger_us),
+            linger_visit_us: (u64::from(self.linger_us) * LINGER_VISIT_FACTOR)
+                .min(token_retransmit_us / 2),
             send_queue_max_msgs: self.send_queue_max_msgs,
             send_queue_max_bytes: self.send_queue_max_bytes,
             _sealed: (),

@@ -93,6 +93,11 @@ pub struct Stats {
     pub tokens_received: u64,
     /// Tokens retransmitted because the successor seemed not to have it.
     pub token_retransmits: u64,
+    /// Token visits after which we kept the token for `linger_us` (see
+    /// `TotemConfig::linger_us`).
+    pub token_lingers: u64,
+    /// Token hold cancels we sent because our messages waited for a lingering token.
+    pub token_wants: u64,
     /// Mcast frames originated (one per sequence number).
     pub mcast_frames: u64,
     pub messages_delivered: u64,

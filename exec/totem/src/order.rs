@@ -48,6 +48,7 @@ impl Srp {
         self.token_seq_seen = tok.token_seq;
         self.stats.tokens_received += 1;
         self.cancel_timer(Timer::TokenRetransmit);
+        self.cancel_timer(Timer::Want);
         self.last_sent = None;
         self.set_timer(Timer::TokenLoss, self.p.token_us);
         self.hold_cancel_sent = false;
@@ -59,14 +60,8 @@ impl Srp {
         let mut sends = Sends { frames: Vec::new() };
         let retransmitted = self.serve_retransmit_requests(&mut tok, &mut sends);
         self.request_missing(&mut tok);
-        let originated = self.originate(&mut tok, retransmitted, &mut sends);
-
-        // The aru: lower it to ours if ours is lower; raise it only if we lowered it.
-        let my_aru = self.token_store().aru();
-        if my_aru < tok.aru || tok.aru_addr == Some(self.me) || tok.aru_addr.is_none() {
-            tok.aru = my_aru;
-            tok.aru_addr = (tok.aru != tok.seq).then_some(self.me);
-        }
+        let originated = self.originate(&mut tok, retransmitted, 0, &mut sends);
+        self.fold_aru(&mut tok);
 
         // What the token said both now and one rotation ago, every member had.
         let release = self.prev_token_aru.min(incoming_aru);
@@ -86,19 +81,7 @@ impl Srp {
         self.prev_token_aru = incoming_aru;
         self.prev_token_seq = tok.seq;
 
-        // The accelerated ring: the newest frames may follow the token (never during
-        // recovery, never all of them: at least one goes first).
-        let after = if in_recovery {
-            0
-        } else {
-            (self.p.accelerated_window as usize)
-                .min(originated as usize)
-                .min(sends.frames.len().saturating_sub(1))
-        };
-        let trailing = sends.frames.split_off(sends.frames.len() - after);
-        for f in sends.frames {
-            self.send(Dest::Multicast, f);
-        }
+        let trailing = self.send_leading(sends, originated, in_recovery);
 
         if !in_recovery && self.aru_stuck > self.p.fail_recv_const {
             if let Some(lagging) = tok.aru_addr.filter(|&n| n != self.me) {
@@ -133,11 +116,68 @@ impl Srp {
             // An idle ring: sit on the token for a while instead of spinning it.
             self.send_all(trailing);
             self.held_token = Some(tok);
+            self.lingering = false;
             self.set_timer(Timer::Hold, self.p.hold_us);
             return;
         }
+        if originated > 0 {
+            self.linger_deadline = self.now.plus_micros(self.p.linger_visit_us);
+            if self.may_linger(&tok) {
+                self.send_all(trailing);
+                self.linger(tok);
+                return;
+            }
+        }
         self.forward_token(tok);
         self.send_all(trailing);
+    }
+
+    /// Whether to keep the token after sending: we sent all we had, the token says
+    /// nobody else has messages waiting, and this visit has time left.
+    fn may_linger(&self, tok: &Token) -> bool {
+        self.p.linger_us > 0
+            && self.packer.is_empty()
+            && tok.backlog == 0
+            && self.now < self.linger_deadline
+    }
+
+    /// Keeps the token a moment, so that what our application sends in answer to the
+    /// deliveries just made goes out now rather than a rotation later (see
+    /// `TotemConfig::linger_us`): until `linger_us` from now, never past the visit's
+    /// deadline.
+    fn linger(&mut self, tok: Token) {
+        self.stats.token_lingers += 1;
+        self.held_token = Some(tok);
+        self.lingering = true;
+        let left = self.linger_deadline.micros_since(self.now);
+        self.set_timer(Timer::Hold, self.p.linger_us.min(left));
+    }
+
+    /// The aru: lower it to ours if ours is lower; raise it only if we lowered it.
+    fn fold_aru(&mut self, tok: &mut Token) {
+        let my_aru = self.token_store().aru();
+        if my_aru < tok.aru || tok.aru_addr == Some(self.me) || tok.aru_addr.is_none() {
+            tok.aru = my_aru;
+            tok.aru_addr = (tok.aru != tok.seq).then_some(self.me);
+        }
+    }
+
+    /// Sends a visit's frames that go before the token and returns those that follow
+    /// it: with the accelerated ring, the newest frames may follow the token (never
+    /// during recovery, never all of them: at least one goes first).
+    fn send_leading(&mut self, mut sends: Sends, originated: u32, in_recovery: bool) -> Vec<Bytes> {
+        let after = if in_recovery {
+            0
+        } else {
+            (self.p.accelerated_window as usize)
+                .min(originated as usize)
+                .min(sends.frames.len().saturating_sub(1))
+        };
+        let trailing = sends.frames.split_off(sends.frames.len() - after);
+        for f in sends.frames {
+            self.send(Dest::Multicast, f);
+        }
+        trailing
     }
 
     fn send_all(&mut self, frames: Vec<Bytes>) {
@@ -206,8 +246,16 @@ impl Srp {
         }
     }
 
-    /// Multicasts new frames as flow control allows; returns how many.
-    fn originate(&mut self, tok: &mut Token, retransmitted: u32, sends: &mut Sends) -> u32 {
+    /// Multicasts new frames as flow control allows; returns how many. `already` is
+    /// what we sent earlier in this same visit (a held token's second round), which
+    /// counts against both limits.
+    fn originate(
+        &mut self,
+        tok: &mut Token,
+        retransmitted: u32,
+        already: u32,
+        sends: &mut Sends,
+    ) -> u32 {
         let payload_max = self.payload_max();
         let my_backlog = match self.recovery.as_ref() {
             Some(rec) => rec.resend.len() as u32,
@@ -217,8 +265,8 @@ impl Srp {
         let others_backlog = tok.backlog.saturating_sub(self.my_last_backlog);
         let window = self.p.window_size;
         let mut allowed = window
-            .saturating_sub(others_sent)
-            .min(self.p.max_messages.saturating_sub(retransmitted));
+            .saturating_sub(others_sent + already)
+            .min(self.p.max_messages.saturating_sub(retransmitted + already));
         let total_backlog = others_backlog + my_backlog;
         if total_backlog > window && my_backlog > 0 {
             // More wants to go than a rotation carries: everyone gets a share of the
@@ -268,9 +316,9 @@ impl Srp {
             }
             None => self.packer.frames_needed(payload_max),
         };
-        tok.fcc = others_sent + sent;
+        tok.fcc = others_sent + already + sent;
         tok.backlog = others_backlog + backlog_now;
-        self.my_last_sent = sent;
+        self.my_last_sent = already + sent;
         self.my_last_backlog = backlog_now;
         if sent > 0 && self.recovery.is_some() {
             debug!(target: "totem", "{}: resent {sent} old-ring frames", self.me);
@@ -324,22 +372,59 @@ impl Srp {
         self.send_token_frame(next, data);
     }
 
-    /// Passes on a token held on an idle ring.
-    pub(crate) fn release_held_token(&mut self) {
+    /// Passes on a token we hold (on an idle ring, or lingering after our own sends),
+    /// first multicasting what was queued here meanwhile, as part of the same visit:
+    /// the token already carries everything else that visit did.
+    /// `again`: whether the token may linger once more after these messages (not
+    /// when another member asked for it).
+    pub(crate) fn pass_held_token(&mut self, again: bool) {
         self.cancel_timer(Timer::Hold);
+        self.pass_held_due = false;
+        let Some(mut tok) = self.held_token.take() else {
+            return;
+        };
+        if !self.packer.is_empty() {
+            let mut sends = Sends { frames: Vec::new() };
+            let originated = self.originate(&mut tok, 0, self.my_last_sent, &mut sends);
+            if originated > 0 {
+                if !self.lingering {
+                    // Woken on an idle ring: this is a new visit.
+                    self.linger_deadline = self.now.plus_micros(self.p.linger_visit_us);
+                }
+                self.fold_aru(&mut tok);
+                self.idle_visits = 0;
+                self.prev_token_seq = tok.seq;
+                let trailing = self.send_leading(sends, originated, false);
+                self.deliver_ready();
+                if again && self.may_linger(&tok) {
+                    self.send_all(trailing);
+                    self.linger(tok);
+                    return;
+                }
+                self.forward_token(tok);
+                self.send_all(trailing);
+                return;
+            }
+        }
         // The idle count survives the hold: while the ring stays idle, the token is held
         // at every visit of the representative rather than spun for another
         // seqno_unchanged_const rotations first.
-        if let Some(tok) = self.held_token.take() {
-            self.forward_token(tok);
-        }
+        self.forward_token(tok);
     }
 
     /// Something was queued on a ring that may be idle: get the token moving.
     pub(crate) fn wake_idle_ring(&mut self) {
         if self.held_token.is_some() {
-            self.release_held_token();
-        } else if self.idle_visits >= self.p.seqno_unchanged_const && !self.hold_cancel_sent {
+            // Sent when the driver next collects frames, so that everything it queues
+            // in the meantime goes in this visit too.
+            self.pass_held_due = true;
+            return;
+        }
+        if self.p.linger_us > 0 {
+            // Another member may be lingering with the token (see `want_token`).
+            self.want_due = true;
+        }
+        if self.idle_visits >= self.p.seqno_unchanged_const && !self.hold_cancel_sent {
             // `>=`: we see the token one visit after the representative, whose count
             // reaches the holding point (`>`) at the same rotation ours reaches this one.
             self.hold_cancel_sent = true;
@@ -351,12 +436,33 @@ impl Srp {
         }
     }
 
+    /// Timer::Want: our messages have waited twice `linger_us` for the token, longer
+    /// than a lingering holder waits between its own messages; if one is keeping the
+    /// token for its local application, the cancel makes it pass the token now.
+    /// Otherwise it only costs a frame: holders that do not linger ignore it.
+    pub(crate) fn want_token(&mut self) {
+        if self.state != MembState::Operational
+            || self.held_token.is_some()
+            || self.packer.is_empty()
+            || self.hold_cancel_sent
+        {
+            return;
+        }
+        self.hold_cancel_sent = true;
+        self.stats.token_wants += 1;
+        let f = Frame::TokenHoldCancel(TokenHoldCancel {
+            sender: self.me,
+            ring_id: self.ring_id,
+        });
+        self.send(Dest::Multicast, f.to_bytes());
+    }
+
     pub(crate) fn on_token_hold_cancel(&mut self, ring_id: crate::RingId) {
         if self.state != MembState::Operational || ring_id != self.ring_id {
             return;
         }
         if self.held_token.is_some() {
-            self.release_held_token();
+            self.pass_held_token(false);
         } else {
             // The cancel overtook the token: do not hold it when it arrives.
             self.idle_visits = 0;

@@ -32,15 +32,19 @@ pub(crate) enum Timer {
     Join = 3,
     /// Give up waiting for agreement; fail whoever did not agree.
     Consensus = 4,
+    /// Local messages have waited this long for the token: ask a member that lingers
+    /// with it to pass it on (a token hold cancel).
+    Want = 5,
 }
 
-const TIMER_COUNT: usize = 5;
+const TIMER_COUNT: usize = 6;
 const TIMERS: [Timer; TIMER_COUNT] = [
     Timer::TokenLoss,
     Timer::TokenRetransmit,
     Timer::Hold,
     Timer::Join,
     Timer::Consensus,
+    Timer::Want,
 ];
 
 /// A member's view while gathering: whom it wants in the ring and whom it has given up.
@@ -104,8 +108,20 @@ pub struct Srp {
     pub(crate) my_last_backlog: u32,
     /// Consecutive visits that found the ring idle.
     pub(crate) idle_visits: u32,
-    /// The token we are sitting on while the ring is idle.
+    /// The token we are sitting on: while the ring is idle (representative, `hold_us`)
+    /// or lingering after our own multicasts (`linger_us`); Timer::Hold passes it on.
     pub(crate) held_token: Option<Token>,
+    /// Local messages were queued while we hold the token: send them with it at the
+    /// next `poll_transmit`.
+    pub(crate) pass_held_due: bool,
+    /// When the current visit's lingering must end (`linger_visit_us` after the token
+    /// arrived with our messages).
+    pub(crate) linger_deadline: Instant,
+    /// Whether `held_token` is held for lingering (else for an idle ring).
+    pub(crate) lingering: bool,
+    /// Local messages were queued while another member has the token: start
+    /// Timer::Want at the next `poll_transmit`, which knows the time.
+    pub(crate) want_due: bool,
     pub(crate) hold_cancel_sent: bool,
     pub(crate) next_merge_detect: Instant,
 
@@ -152,6 +168,10 @@ impl Srp {
             my_last_backlog: 0,
             idle_visits: 0,
             held_token: None,
+            pass_held_due: false,
+            linger_deadline: now,
+            lingering: false,
+            want_due: false,
             hold_cancel_sent: false,
             next_merge_detect: now,
             proc_set: NodeSet::single(me),
@@ -257,7 +277,22 @@ impl Srp {
         self.timers = [None; TIMER_COUNT];
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next frame to put on the wire. A token held here (idle ring, or lingering
+    /// after our own multicasts) that local messages are waiting for goes on now,
+    /// with them: what the driver queued since it last asked goes in one visit.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if self.pass_held_due || self.want_due {
+            self.now = self.now.max(now);
+        }
+        if self.pass_held_due {
+            self.pass_held_token(true);
+        }
+        if self.want_due {
+            self.want_due = false;
+            if self.held_token.is_none() && self.state == MembState::Operational {
+                self.set_timer(Timer::Want, 2 * self.p.linger_us);
+            }
+        }
         self.transmits.pop_front()
     }
 
@@ -340,7 +375,7 @@ impl Srp {
                     self.set_timer(Timer::TokenRetransmit, self.p.token_retransmit_us);
                 }
             }
-            Timer::Hold => self.release_held_token(),
+            Timer::Hold => self.pass_held_token(true),
             Timer::Join => {
                 if self.state == MembState::Gather {
                     self.send_join();
@@ -349,6 +384,7 @@ impl Srp {
                 }
             }
             Timer::Consensus => self.on_consensus_timeout(),
+            Timer::Want => self.want_token(),
         }
     }
 }

@@ -48,7 +48,7 @@ impl Net {
         let Some(srp) = self.nodes.get_mut(&id) else {
             return;
         };
-        while let Some(t) = srp.poll_transmit() {
+        while let Some(t) = srp.poll_transmit(self.now) {
             let at = self.now.plus_micros(DELAY_US);
             match t.dest {
                 Dest::Unicast(to) => self.in_flight.push_back((at, to.0, t.data)),

@@ -65,7 +65,7 @@ impl Bench {
 
     /// Moves node `i`'s output onto the wire and counts its deliveries.
     fn drain(&mut self, i: usize) {
-        while let Some(t) = self.nodes[i].poll_transmit() {
+        while let Some(t) = self.nodes[i].poll_transmit(self.now) {
             self.frames += 1;
             match t.dest {
                 Dest::Unicast(to) => self.wire.push_back((to.0 as usize - 1, t.data)),

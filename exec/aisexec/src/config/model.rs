@@ -344,6 +344,7 @@ const TIMERS: &[(&str, SetTimer)] = &[
     }),
     ("netmtu", |c, v| c.netmtu = v),
     ("accelerated_window", |c, v| c.accelerated_window = v),
+    ("linger_us", |c, v| c.linger_us = v),
     ("send_queue_max_msgs", |c, v| c.send_queue_max_msgs = v),
     ("send_queue_max_bytes", |c, v| c.send_queue_max_bytes = v),
 ];

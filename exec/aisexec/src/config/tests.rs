@@ -148,6 +148,7 @@ fn example_mentions_every_key() {
         "token_retransmits_before_loss_const",
         "netmtu",
         "accelerated_window",
+        "linger_us",
         "send_queue_max_msgs",
         "send_queue_max_bytes",
         "ringnumber",
@@ -229,6 +230,7 @@ totem {
     token_retransmits_before_loss_const: 5
     netmtu: 9000
     accelerated_window: 3
+    linger_us: 400
     send_queue_max_msgs: 1000
     send_queue_max_bytes: 2000000
     interface {
@@ -268,6 +270,7 @@ totem {
             token_retransmits_before_loss_const: 5,
             netmtu: 9000,
             accelerated_window: 3,
+            linger_us: 400,
             send_queue_max_msgs: 1000,
             send_queue_max_bytes: 2_000_000,
         }
@@ -285,8 +288,8 @@ totem {
     );
     assert_eq!(config.local_nodeid(ip("192.168.1.7")), Ok(42));
     // Every key's line is recorded.
-    assert_eq!(config.origin.line_of("totem.send_queue_max_bytes"), 26);
-    assert_eq!(config.origin.line_of("totem.interface.ttl"), 32);
+    assert_eq!(config.origin.line_of("totem.send_queue_max_bytes"), 27);
+    assert_eq!(config.origin.line_of("totem.interface.ttl"), 33);
     assert_eq!(config.origin.file, "test.conf");
 }
 
