@@ -271,6 +271,12 @@ pub fn build_mcast(
     codec::encode_mcast_with(sender, ring_id, seq, capacity, fill)
 }
 
+/// Most retransmit requests a token may carry and still fit in a frame of `frame_len`
+/// bytes: [`MAX_RTR`], or fewer when the frame is smaller than a token of that many.
+pub fn token_rtr_capacity(frame_len: usize) -> usize {
+    codec::token_rtr_capacity(frame_len)
+}
+
 /// The sender of a frame from its header alone, without decoding the body; lets the daemon
 /// learn a peer's address. `None` when the header is not ours.
 pub fn peek_sender(data: &[u8]) -> Option<NodeId> {

@@ -52,6 +52,10 @@ pub(super) fn encoded_len(frame: &Frame) -> usize {
         }
 }
 
+pub(super) fn token_rtr_capacity(frame_len: usize) -> usize {
+    (frame_len.saturating_sub(HEADER_LEN + TOKEN_FIXED_LEN) / 8).min(MAX_RTR)
+}
+
 /// Appends `frame` to `out`, growing it at most once.
 ///
 /// The frame must be valid (counts within bounds, ids non-zero, sets sorted): the
@@ -824,6 +828,30 @@ mod tests {
             decode_vec(patched(&frame, 4, &[0, 0, 0, 0])),
             Err(DecodeError::ZeroNode)
         );
+    }
+
+    #[test]
+    fn a_token_of_rtr_capacity_fits_its_frame_and_one_more_does_not() {
+        let with = |n: usize| {
+            let Frame::Token(mut t) = token_max() else {
+                unreachable!()
+            };
+            t.rtr.truncate(n);
+            Frame::Token(t).encoded_len()
+        };
+        // Frames of netmtu 1500 and 1200 less IPv4 and UDP headers, and about the
+        // smallest a configuration allows (MIN_NETMTU's).
+        for frame_len in [1472, 1172, 600, 569] {
+            let cap = token_rtr_capacity(frame_len);
+            assert!(cap > 0 && cap < MAX_RTR, "{frame_len}: {cap}");
+            assert!(with(cap) <= frame_len, "{frame_len}: {cap}");
+            assert!(with(cap + 1) > frame_len, "{frame_len}: {cap}");
+        }
+        // Large frames (netmtu 9000) hold a token of MAX_RTR requests.
+        for frame_len in [8972, MAX_FRAME_LEN] {
+            assert_eq!(token_rtr_capacity(frame_len), MAX_RTR);
+            assert!(with(MAX_RTR) <= frame_len);
+        }
     }
 
     #[test]
