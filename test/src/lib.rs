@@ -8,6 +8,8 @@
 //! - [`workload`]: numbered, self-checking messages;
 //! - [`trace`]: what a run records, and its hash;
 //! - [`profile`]: Totem settings for tests;
+//! - [`ring_bench`]: the Totem core alone on a lossless in-memory network, as fast as it
+//!   goes (the `totem-bench` binary and the `core_alloc` test);
 //! - [`swarm`]: one seed = one randomized run (faults, then heal and converge), driven by
 //!   the `sim` binary: `cargo run --release -p ais-test --bin sim -- --seeds 100`.
 
@@ -17,6 +19,7 @@ pub mod net;
 pub mod netns;
 pub mod procs;
 pub mod profile;
+pub mod ring_bench;
 pub mod rng;
 pub mod swarm;
 pub mod trace;

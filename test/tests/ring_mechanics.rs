@@ -1,8 +1,9 @@
 //! The mechanisms of an operational ring, each forced by a filter on the simulated wire
 //! and observed in the frames the nodes send: flow control per visit and per rotation,
 //! the retransmission of a lost token, the miss count before a frame is requested, the
-//! failure of a member that cannot receive a frame, and a fragmented message cut by a
-//! ring change (delivered whole to every survivor or to none).
+//! bound on the requests one token carries, the failure of a member that cannot receive
+//! a frame, and a fragmented message cut by a ring change (delivered whole to every
+//! survivor or to none).
 //!
 //! Each test records the frames handed to the network ([`watch`]), so what it asserts is
 //! what went on the wire, not the protocol's internal state. To see a run in full:
@@ -20,7 +21,7 @@ use ais_test::cluster::log_context;
 use ais_test::net::Fate;
 use ais_test::{profile, Cluster, MsgId};
 use bytes::Bytes;
-use totem::wire::{Frame, Mcast, Token, MCAST_OVERHEAD_MAX};
+use totem::wire::{token_rtr_capacity, Frame, Mcast, Token, MAX_RTR, MCAST_OVERHEAD_MAX};
 use totem::{ConfKind, Instant, MembState, NodeId, NodeSet, RingId, TotemConfig};
 
 // ----- harness -----
@@ -532,6 +533,55 @@ fn a_lost_frame_is_requested_at_the_miss_count_const_th_visit_and_retransmitted(
         "one request, one retransmission\n{}",
         c.status()
     );
+    check(&mut c);
+}
+
+#[test]
+fn retransmit_requests_stop_where_the_token_would_outgrow_a_frame() {
+    // netmtu 1500: a token with MAX_RTR requests would not fit in one frame.
+    let (mut c, ring) = formed(25, 3, profile::fast());
+    let frame_len = c.params().max_frame_len;
+    let cap = token_rtr_capacity(frame_len);
+    assert!(
+        cap < MAX_RTR,
+        "the test needs a frame smaller than a full token"
+    );
+    // Node 3 loses the first copy of every new frame of node 1 (retransmissions pass):
+    // it misses more frames at once than one token may ask for.
+    let mut dropped = BTreeSet::new();
+    let wire = watch(&mut c, move |s| match new_mcast(s, ring) {
+        Some(m) if s.from == 1 && s.to == 3 && dropped.insert(m.seq) => Fate::Drop,
+        _ => Fate::Pass,
+    });
+    let len = frame_sized(&c);
+    let sent: Vec<MsgId> = (0..2 * cap)
+        .map(|_| c.send_numbered(1, len).unwrap())
+        .collect();
+    drain(&mut c);
+    assert!(
+        delivered_everywhere(&c, &[1, 2, 3], &sent),
+        "not every message delivered everywhere\n{}",
+        c.status()
+    );
+    assert!(
+        c.one_ring(&[1, 2, 3]) && c.srp(1).unwrap().ring_id() == ring,
+        "the ring changed\n{}",
+        c.status()
+    );
+    let tokens = tokens_from(&wire, ring, 3);
+    let longest = tokens.iter().map(|(_, t)| t.rtr.len()).max().unwrap_or(0);
+    assert_eq!(
+        longest, cap,
+        "node 3's longest request list; {cap} is what a token of {frame_len} bytes holds"
+    );
+    for s in wire.borrow().iter() {
+        let n = s.frame.encoded_len();
+        assert!(
+            n <= frame_len,
+            "a {n}-byte frame from node {}: {s:?}",
+            s.from
+        );
+    }
     check(&mut c);
 }
 

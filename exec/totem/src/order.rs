@@ -14,7 +14,9 @@ use crate::event::{Dest, Event, MembState};
 use crate::srp::{Srp, Timer};
 use crate::store::{Held, RingStore, MAX_WINDOW};
 use crate::types::NodeId;
-use crate::wire::{Frame, Mcast, MergeDetect, Recovered, Token, TokenHoldCancel};
+use crate::wire::{
+    token_rtr_capacity, Frame, Mcast, MergeDetect, Recovered, Token, TokenHoldCancel,
+};
 
 /// What a visit of the token sends before passing it on.
 struct Sends {
@@ -216,10 +218,11 @@ impl Srp {
     /// Adds to the token the frames we miss. A frame is only asked for once it has been
     /// missing at `miss_count_const` visits of the token: the token is unicast and may
     /// overtake the multicast frames it announces, which should be given time to arrive.
+    /// The requests stop where the token would no longer fit in one frame; the rest are
+    /// asked for at later visits, as the first are served.
     fn request_missing(&mut self, tok: &mut Token) {
         let miss_count_const = self.p.miss_count_const;
-        // The token must still fit one frame.
-        let rtr_max = crate::wire::rtr_capacity(self.p.max_frame_len);
+        let rtr_max = token_rtr_capacity(self.p.max_frame_len);
         let store = match self.recovery.as_ref() {
             Some(rec) => &rec.store,
             None => &self.store,

@@ -23,18 +23,8 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Most nodes a ring, a join set or a commit token may hold.
 pub const MAX_MEMBERS: usize = 384;
-/// Most retransmit requests one token carries (fewer when frames are smaller: see
-/// [`rtr_capacity`]).
+/// Most retransmit requests one token carries.
 pub const MAX_RTR: usize = 256;
-/// Bytes of a token without its retransmit requests: the header, then ring id, token
-/// seq, seq, aru, aru_addr, fcc, backlog, recovery backlog and the request count.
-pub const TOKEN_FIXED_LEN: usize = HEADER_LEN + 12 + 3 * 8 + 4 * 4 + 2;
-
-/// Most retransmit requests a token may carry and still fit a frame of `frame_len`
-/// bytes (each request is one u64).
-pub fn rtr_capacity(frame_len: usize) -> usize {
-    (frame_len.saturating_sub(TOKEN_FIXED_LEN) / 8).min(MAX_RTR)
-}
 /// Largest frame we ever build or accept (a UDP datagram over IPv4).
 pub const MAX_FRAME_LEN: usize = 65_507;
 /// Bytes an mcast frame adds around its payload in the worst case (header, fixed fields
@@ -279,6 +269,12 @@ pub fn build_mcast(
     fill: impl FnOnce(&mut BytesMut) -> bool,
 ) -> Option<(Bytes, usize)> {
     codec::encode_mcast_with(sender, ring_id, seq, capacity, fill)
+}
+
+/// Most retransmit requests a token may carry and still fit in a frame of `frame_len`
+/// bytes: [`MAX_RTR`], or fewer when the frame is smaller than a token of that many.
+pub fn token_rtr_capacity(frame_len: usize) -> usize {
+    codec::token_rtr_capacity(frame_len)
 }
 
 /// The sender of a frame from its header alone, without decoding the body; lets the daemon

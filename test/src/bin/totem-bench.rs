@@ -1,19 +1,20 @@
 //! Throughput of the Totem core alone: three `Srp` instances in one process, joined by a
-//! lossless in-memory network, every node keeping its send queue full. Counts messages
-//! delivered at node 1 per second of wall-clock time and frames put on the "wire" per
-//! delivered message. This measures the protocol code, not the kernel or the daemon.
+//! lossless in-memory network ([`ais_test::ring_bench`]), every node keeping its send
+//! queue full. Counts messages delivered at node 1 per second of wall-clock time and
+//! frames put on the "wire" per delivered message. This measures the protocol code, not
+//! the kernel or the daemon.
 //!
 //! `cargo run --release -p ais-test --bin totem-bench [-- --seconds S --sizes 64,1024]`
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as WallClock};
 
+use ais_test::ring_bench::RingBench;
 use bytes::Bytes;
-use totem::{Dest, Event, Instant, MembState, NodeId, Srp, TotemConfig};
 
 /// Counts heap allocations, to show that the hot path does not allocate per message.
+/// (test/tests/core_alloc.rs asserts it.)
 struct CountingAlloc;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -25,8 +26,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above, i.e. from the system allocator.
+        // SAFETY: `ptr` came from `alloc` or `realloc` here, i.e. from the system
+        // allocator.
         unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged; `ptr` and `layout` are the caller's, as
+        // `GlobalAlloc::realloc` requires.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -34,126 +42,21 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static GLOBAL: CountingAlloc = CountingAlloc;
 
 const NODES: u32 = 3;
-/// Messages kept queued per node: enough that the token always finds work.
-const QUEUE_TARGET: usize = 2_000;
-
-struct Bench {
-    nodes: Vec<Srp>,
-    wire: VecDeque<(usize, Bytes)>,
-    now: Instant,
-    frames: u64,
-    delivered_at_1: u64,
-}
-
-impl Bench {
-    fn new() -> Bench {
-        let params = TotemConfig::default()
-            .resolve(NODES as usize)
-            .expect("default config is valid");
-        let now = Instant(0);
-        let nodes = (1..=NODES)
-            .map(|i| Srp::new(params.clone(), NodeId(i), 0, now))
-            .collect();
-        Bench {
-            nodes,
-            wire: VecDeque::new(),
-            now,
-            frames: 0,
-            delivered_at_1: 0,
-        }
-    }
-
-    /// Moves node `i`'s output onto the wire and counts its deliveries.
-    fn drain(&mut self, i: usize) {
-        while let Some(t) = self.nodes[i].poll_transmit(self.now) {
-            self.frames += 1;
-            match t.dest {
-                Dest::Unicast(to) => self.wire.push_back((to.0 as usize - 1, t.data)),
-                Dest::Multicast => {
-                    for j in (0..self.nodes.len()).filter(|&j| j != i) {
-                        self.wire.push_back((j, t.data.clone()));
-                    }
-                }
-            }
-        }
-        while let Some(e) = self.nodes[i].poll_event() {
-            if i == 0 && matches!(e, Event::Deliver { .. }) {
-                self.delivered_at_1 += 1;
-            }
-        }
-    }
-
-    /// One packet, or the earliest timer when the wire is empty. Virtual time moves a
-    /// microsecond per packet so that timers stay far away on a busy ring.
-    fn step(&mut self) {
-        if let Some((to, data)) = self.wire.pop_front() {
-            self.now = self.now.plus_micros(1);
-            self.nodes[to].handle_datagram(self.now, data);
-            self.drain(to);
-            return;
-        }
-        let next = (0..self.nodes.len())
-            .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
-            .min();
-        if let Some((t, i)) = next {
-            self.now = self.now.max(t);
-            self.nodes[i].handle_timeout(self.now);
-            self.drain(i);
-        }
-    }
-
-    fn top_up(&mut self, msg: &Bytes) {
-        for i in 0..self.nodes.len() {
-            let mut queued = false;
-            while self.nodes[i].send_queue_len() < QUEUE_TARGET {
-                if self.nodes[i].mcast(msg.clone()).is_err() {
-                    break;
-                }
-                queued = true;
-            }
-            if queued {
-                self.drain(i);
-            }
-        }
-    }
-}
 
 fn run(size: usize, seconds: f64) {
-    let mut b = Bench::new();
-    for i in 0..b.nodes.len() {
-        b.drain(i);
-    }
-    let mut guard = 0u64;
-    while !b
-        .nodes
-        .iter()
-        .all(|n| n.state() == MembState::Operational && n.members().len() == NODES as usize)
-    {
-        b.step();
-        guard += 1;
-        assert!(guard < 10_000_000, "ring did not form");
-    }
+    let mut b = RingBench::formed(NODES);
+    // One payload, cloned for every mcast: the application's allocation, not the core's.
     let msg = Bytes::from(vec![0xA5u8; size]);
     // Warm up, then measure.
     let warm = WallClock::now();
-    while warm.elapsed() < Duration::from_millis(200) {
-        b.top_up(&msg);
-        for _ in 0..100 {
-            b.step();
-        }
-    }
-    let (frames0, delivered0) = (b.frames, b.delivered_at_1);
+    b.run_until(&msg, |_| warm.elapsed() >= Duration::from_millis(200));
+    let (frames0, delivered0) = (b.frames, b.delivered_at_first);
     let allocs0 = ALLOCATIONS.load(Ordering::Relaxed);
     let start = WallClock::now();
     let limit = Duration::from_secs_f64(seconds);
-    while start.elapsed() < limit {
-        b.top_up(&msg);
-        for _ in 0..100 {
-            b.step();
-        }
-    }
+    b.run_until(&msg, |_| start.elapsed() >= limit);
     let secs = start.elapsed().as_secs_f64();
-    let delivered = b.delivered_at_1 - delivered0;
+    let delivered = b.delivered_at_first - delivered0;
     let frames = b.frames - frames0;
     let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs0;
     println!(

@@ -12,7 +12,7 @@ use super::*;
 /// `ring_id` on the wire: rep u32, seq u64.
 const RING_ID_LEN: usize = 4 + 8;
 /// Token fixed fields after the header, up to and including `rtr_count`.
-const TOKEN_BODY_FIXED_LEN: usize = RING_ID_LEN + 8 + 8 + 8 + 4 + 4 + 4 + 4 + 2;
+const TOKEN_FIXED_LEN: usize = RING_ID_LEN + 8 + 8 + 8 + 4 + 4 + 4 + 4 + 2;
 /// Mcast fields after the header up to and including `flags`.
 const MCAST_FIXED_LEN: usize = RING_ID_LEN + 8 + 1;
 /// The recovery encapsulation: old ring id, old seq, old origin.
@@ -30,7 +30,7 @@ const _: () = assert!(HEADER_LEN + MCAST_FIXED_LEN + MCAST_RECOVERED_LEN + 4 == 
 pub(super) fn encoded_len(frame: &Frame) -> usize {
     HEADER_LEN
         + match frame {
-            Frame::Token(t) => TOKEN_BODY_FIXED_LEN + 8 * t.rtr.len(),
+            Frame::Token(t) => TOKEN_FIXED_LEN + 8 * t.rtr.len(),
             Frame::Mcast(m) => {
                 let recovered = if m.recovered.is_some() {
                     MCAST_RECOVERED_LEN
@@ -50,6 +50,10 @@ pub(super) fn encoded_len(frame: &Frame) -> usize {
             }
             Frame::MergeDetect(_) | Frame::TokenHoldCancel(_) => RING_ID_LEN,
         }
+}
+
+pub(super) fn token_rtr_capacity(frame_len: usize) -> usize {
+    (frame_len.saturating_sub(HEADER_LEN + TOKEN_FIXED_LEN) / 8).min(MAX_RTR)
 }
 
 /// Appends `frame` to `out`, growing it at most once.
@@ -802,23 +806,6 @@ mod tests {
     }
 
     #[test]
-    fn token_fits_its_frame_with_a_full_retransmit_list() {
-        assert_eq!(token_min().to_bytes().len(), TOKEN_FIXED_LEN);
-        for frame_len in [576, 1472, 8972, MAX_FRAME_LEN] {
-            let Frame::Token(mut t) = token_max() else {
-                unreachable!("token_max builds a token")
-            };
-            t.rtr.truncate(rtr_capacity(frame_len));
-            let len = Frame::Token(t).to_bytes().len();
-            assert!(
-                len <= frame_len,
-                "{len}-byte token for {frame_len}-byte frames"
-            );
-            assert!(frame_len - len < 8 || rtr_capacity(frame_len) == MAX_RTR);
-        }
-    }
-
-    #[test]
     fn header_fields_are_checked() {
         let frame = token_min();
         assert_eq!(
@@ -841,6 +828,30 @@ mod tests {
             decode_vec(patched(&frame, 4, &[0, 0, 0, 0])),
             Err(DecodeError::ZeroNode)
         );
+    }
+
+    #[test]
+    fn a_token_of_rtr_capacity_fits_its_frame_and_one_more_does_not() {
+        let with = |n: usize| {
+            let Frame::Token(mut t) = token_max() else {
+                unreachable!()
+            };
+            t.rtr.truncate(n);
+            Frame::Token(t).encoded_len()
+        };
+        // Frames of netmtu 1500 and 1200 less IPv4 and UDP headers, and about the
+        // smallest a configuration allows (MIN_NETMTU's).
+        for frame_len in [1472, 1172, 600, 569] {
+            let cap = token_rtr_capacity(frame_len);
+            assert!(cap > 0 && cap < MAX_RTR, "{frame_len}: {cap}");
+            assert!(with(cap) <= frame_len, "{frame_len}: {cap}");
+            assert!(with(cap + 1) > frame_len, "{frame_len}: {cap}");
+        }
+        // Large frames (netmtu 9000) hold a token of MAX_RTR requests.
+        for frame_len in [8972, MAX_FRAME_LEN] {
+            assert_eq!(token_rtr_capacity(frame_len), MAX_RTR);
+            assert!(with(MAX_RTR) <= frame_len);
+        }
     }
 
     #[test]
