@@ -926,7 +926,7 @@ fn a_lingering_token_moves_on_after_linger_us_and_not_while_others_have_a_backlo
 }
 
 #[test]
-fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_two_lingers() {
+fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_a_few_hops() {
     const LINGER_US: u32 = 500;
     let (mut c, _ring) = formed(73, 3, linger_profile(LINGER_US));
     let visit_us = c.params().linger_visit_us;
@@ -943,7 +943,7 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_two_lin
         answer(&mut c);
     }
     assert!(c.srp(1).unwrap().stats().token_lingers > 0);
-    // ... until node 2, whose message has waited twice linger_us, asks for it.
+    // ... until node 2, which queues a message meanwhile, asks for it.
     let wants = c.srp(2).unwrap().stats().token_wants;
     let queued_at = c.now();
     let id = c.send_numbered(2, 64).unwrap();
@@ -967,7 +967,7 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_two_lin
     }
     let waited = c.now().micros_since(queued_at);
     assert!(
-        waited < 2 * u64::from(LINGER_US) + 3 * hop_us + 200 && waited < visit_us,
+        waited < u64::from(LINGER_US) && waited <= 4 * hop_us + 200,
         "node 2's message waited {waited} µs (linger {LINGER_US} µs, visit cap {visit_us} µs)"
     );
     assert_eq!(c.srp(2).unwrap().stats().token_wants, wants + 1);

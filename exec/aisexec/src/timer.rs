@@ -2,7 +2,7 @@
 //!
 //! mio waits in whole milliseconds, rounding up, which is fine for Totem's timeouts
 //! (tens of milliseconds and up) but would stretch a sub-millisecond one, such as the
-//! token linger (150 µs by default), to a full millisecond. A deadline nearer than
+//! token linger (400 µs by default), to a full millisecond. A deadline nearer than
 //! [`FINE_SPAN`] is therefore also armed on a timerfd registered with the loop, which
 //! becomes readable on time; mio's own timeout stays as the fallback.
 

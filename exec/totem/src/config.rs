@@ -144,10 +144,13 @@ pub struct TotemConfig {
     /// keeps the token, when the token says no other member has messages waiting, so
     /// that a message its local application sends in answer to what it just received
     /// (the next request of a client that has one outstanding at a time) goes out at
-    /// once instead of one whole rotation later. A member that gets nothing in that
-    /// time passes the token on; another member's new message waits at most this
-    /// long. 0 turns it off; at most 10,000 (default 150: about two process wake-ups,
-    /// the turnaround of a local client; test/bench/RESULTS.md).
+    /// once instead of one whole rotation later. Each message sent re-arms it, up to
+    /// `linger_visit_us` per visit. A member that gets nothing in that time passes the
+    /// token on; a member that queues messages meanwhile asks for the token with a
+    /// hold cancel and gets it at once. 0 turns it off; at most 10,000 (default 400:
+    /// above the turnaround of a local client, a few process wake-ups, even on a
+    /// loaded machine; 150 missed often enough to double the p99 latency,
+    /// test/bench/RESULTS.md).
     pub linger_us: u32,
     /// `send_queue_max_msgs`: most local messages waiting for the token; beyond it
     /// `mcast` refuses, so a fast sender is pushed back (default 16384).
@@ -178,7 +181,7 @@ impl Default for TotemConfig {
             token_retransmits_before_loss_const: 4,
             netmtu: 1500,
             accelerated_window: 0,
-            linger_us: 150,
+            linger_us: 400,
             send_queue_max_msgs: 16384,
             send_queue_max_bytes: 8 << 20,
         }

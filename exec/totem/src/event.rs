@@ -96,7 +96,8 @@ pub struct Stats {
     /// Token visits after which we kept the token for `linger_us` (see
     /// `TotemConfig::linger_us`).
     pub token_lingers: u64,
-    /// Token hold cancels we sent because our messages waited for a lingering token.
+    /// Token hold cancels we sent on a busy ring, because the token's holder might be
+    /// lingering with it while our messages wait.
     pub token_wants: u64,
     /// Mcast frames originated (one per sequence number).
     pub mcast_frames: u64,

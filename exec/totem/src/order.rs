@@ -50,7 +50,6 @@ impl Srp {
         self.token_seq_seen = tok.token_seq;
         self.stats.tokens_received += 1;
         self.cancel_timer(Timer::TokenRetransmit);
-        self.cancel_timer(Timer::Want);
         self.last_sent = None;
         self.set_timer(Timer::TokenLoss, self.p.token_us);
         self.hold_cancel_sent = false;
@@ -122,7 +121,9 @@ impl Srp {
             self.set_timer(Timer::Hold, self.p.hold_us);
             return;
         }
-        if originated > 0 {
+        // A member asked for the token since our last visit: it waits, do not linger.
+        let asked = std::mem::take(&mut self.cancel_seen);
+        if originated > 0 && !asked {
             self.linger_deadline = self.now.plus_micros(self.p.linger_visit_us);
             if self.may_linger(&tok) {
                 self.send_all(trailing);
@@ -423,13 +424,18 @@ impl Srp {
             self.pass_held_due = true;
             return;
         }
-        if self.p.linger_us > 0 {
-            // Another member may be lingering with the token (see `want_token`).
-            self.want_due = true;
-        }
-        if self.idle_visits >= self.p.seqno_unchanged_const && !self.hold_cancel_sent {
-            // `>=`: we see the token one visit after the representative, whose count
-            // reaches the holding point (`>`) at the same rotation ours reaches this one.
+        // `>=`: we see the token one visit after the representative, whose count
+        // reaches the holding point (`>`) at the same rotation ours reaches this one.
+        let idle = self.idle_visits >= self.p.seqno_unchanged_const;
+        // With the linger on, the member that has the token may be keeping it for its
+        // own application: ask for it. A holder that is not lingering only notes that
+        // someone waits (and does not linger at its next visit); it costs one small
+        // frame per rotation at most, and only when our queue was empty.
+        let lingering_possible = self.p.linger_us > 0;
+        if (idle || lingering_possible) && !self.hold_cancel_sent {
+            if !idle {
+                self.stats.token_wants += 1;
+            }
             self.hold_cancel_sent = true;
             let f = Frame::TokenHoldCancel(TokenHoldCancel {
                 sender: self.me,
@@ -439,27 +445,6 @@ impl Srp {
         }
     }
 
-    /// Timer::Want: our messages have waited twice `linger_us` for the token, longer
-    /// than a lingering holder waits between its own messages; if one is keeping the
-    /// token for its local application, the cancel makes it pass the token now.
-    /// Otherwise it only costs a frame: holders that do not linger ignore it.
-    pub(crate) fn want_token(&mut self) {
-        if self.state != MembState::Operational
-            || self.held_token.is_some()
-            || self.packer.is_empty()
-            || self.hold_cancel_sent
-        {
-            return;
-        }
-        self.hold_cancel_sent = true;
-        self.stats.token_wants += 1;
-        let f = Frame::TokenHoldCancel(TokenHoldCancel {
-            sender: self.me,
-            ring_id: self.ring_id,
-        });
-        self.send(Dest::Multicast, f.to_bytes());
-    }
-
     pub(crate) fn on_token_hold_cancel(&mut self, ring_id: crate::RingId) {
         if self.state != MembState::Operational || ring_id != self.ring_id {
             return;
@@ -467,8 +452,10 @@ impl Srp {
         if self.held_token.is_some() {
             self.pass_held_token(false);
         } else {
-            // The cancel overtook the token: do not hold it when it arrives.
+            // The cancel overtook the token: do not hold it when it arrives, and do
+            // not linger with it at our next visit (someone waits).
             self.idle_visits = 0;
+            self.cancel_seen = true;
         }
     }
 

@@ -32,19 +32,15 @@ pub(crate) enum Timer {
     Join = 3,
     /// Give up waiting for agreement; fail whoever did not agree.
     Consensus = 4,
-    /// Local messages have waited this long for the token: ask a member that lingers
-    /// with it to pass it on (a token hold cancel).
-    Want = 5,
 }
 
-const TIMER_COUNT: usize = 6;
+const TIMER_COUNT: usize = 5;
 const TIMERS: [Timer; TIMER_COUNT] = [
     Timer::TokenLoss,
     Timer::TokenRetransmit,
     Timer::Hold,
     Timer::Join,
     Timer::Consensus,
-    Timer::Want,
 ];
 
 /// A member's view while gathering: whom it wants in the ring and whom it has given up.
@@ -119,9 +115,9 @@ pub struct Srp {
     pub(crate) linger_deadline: Instant,
     /// Whether `held_token` is held for lingering (else for an idle ring).
     pub(crate) lingering: bool,
-    /// Local messages were queued while another member has the token: start
-    /// Timer::Want at the next `poll_transmit`, which knows the time.
-    pub(crate) want_due: bool,
+    /// Another member sent a token hold cancel since our last visit: it waits for the
+    /// token, so we do not linger with it.
+    pub(crate) cancel_seen: bool,
     pub(crate) hold_cancel_sent: bool,
     pub(crate) next_merge_detect: Instant,
 
@@ -171,7 +167,7 @@ impl Srp {
             pass_held_due: false,
             linger_deadline: now,
             lingering: false,
-            want_due: false,
+            cancel_seen: false,
             hold_cancel_sent: false,
             next_merge_detect: now,
             proc_set: NodeSet::single(me),
@@ -281,17 +277,9 @@ impl Srp {
     /// after our own multicasts) that local messages are waiting for goes on now,
     /// with them: what the driver queued since it last asked goes in one visit.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if self.pass_held_due || self.want_due {
-            self.now = self.now.max(now);
-        }
         if self.pass_held_due {
+            self.now = self.now.max(now);
             self.pass_held_token(true);
-        }
-        if self.want_due {
-            self.want_due = false;
-            if self.held_token.is_none() && self.state == MembState::Operational {
-                self.set_timer(Timer::Want, 2 * self.p.linger_us);
-            }
         }
         self.transmits.pop_front()
     }
@@ -384,7 +372,6 @@ impl Srp {
                 }
             }
             Timer::Consensus => self.on_consensus_timeout(),
-            Timer::Want => self.want_token(),
         }
     }
 }
