@@ -6,8 +6,9 @@
 //! What the registry answers (responses, callbacks) is queued on the connection and
 //! written as the socket accepts it. Bad input costs the sender its connection, never the
 //! executive: a malformed or oversized frame, a refused handshake (answered first, with
-//! the version the executive supports), credentials not on the allowed lists, a
-//! connection over [`IpcServer`]'s connection limit, or an output queue over its bound
+//! the version the executive supports), credentials not on the allowed lists (answered
+//! `Access`), a connection over [`IpcServer`]'s connection limit (answered
+//! `NoResources`), or an output queue over its bound
 //! (a client that stopped reading) each close that one connection with a `warn!`
 //! (refusals at accept time rate-limited, see [`LogLimit`]). Every bound connection that
 //! closes, for whatever reason, has its service's `lib_exit` run.
@@ -109,6 +110,20 @@ impl LogLimit {
         }
         self.in_window += 1;
         Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Answers a connection refused at accept with `error` before its handshake is even
+/// read, so that the library reports why instead of a lost connection; best effort (a
+/// fresh socket takes these few bytes at once), the caller then closes it.
+fn turn_away(stream: &mut UnixStream, error: SaError) {
+    let mut out = BytesMut::new();
+    let reply = ConnectReply {
+        version: SaVersion::B_01_01,
+    };
+    ipc::put_response(&mut out, CONNECT_ID, error, &reply.to_bytes());
+    if let Err(e) = stream.write_all(&out) {
+        debug!(target: "ipc", "could not tell a refused connection why: {e}");
     }
 }
 
@@ -230,6 +245,7 @@ impl IpcServer {
                 self.refusal(format_args!(
                     "refusing a connection: {open} open, the most allowed"
                 ));
+                turn_away(&mut stream, SaError::NoResources);
                 continue; // dropping the stream closes it
             }
             let cred = match rustix::net::sockopt::socket_peercred(&stream) {
@@ -252,6 +268,7 @@ impl IpcServer {
                     "refusing connection from pid {} uid {} gid {}: not allowed by uidgid",
                     cred.pid, cred.uid, cred.gid
                 ));
+                turn_away(&mut stream, SaError::Access);
                 continue;
             }
             let entry = self.conns.vacant_entry();
@@ -1055,9 +1072,17 @@ mod tests {
             );
         }
         let mut over = rig.connect();
+        let why = rig.response(&mut over);
+        assert_eq!((why.id, why.sa_error()), (CONNECT_ID, SaError::NoResources));
         rig.wait_closed(&mut over);
-        let mut again = rig.connect();
-        rig.wait_closed(&mut again);
+        // Through libais: the caller learns why.
+        let path = rig.path();
+        let t = std::thread::spawn(move || {
+            let mut v = SaVersion::B_01_01;
+            libais::conn::Connection::connect_at(path, Echo::ID, &mut v).map(|_| ())
+        });
+        rig.turn_until("libais's connect returns", |_| t.is_finished());
+        assert_eq!(t.join().unwrap(), Err(SaError::NoResources));
         assert_eq!(rig.server.stats().refused_limit, 2);
         assert_eq!(rig.server.stats().accepted, 2);
         assert_eq!(rig.server.connections(), 2);
