@@ -209,8 +209,9 @@ fn connection_limit() -> usize {
     }
     let limit = connections_within(lim.current);
     if limit < ipc::MAX_CONNECTIONS {
-        warn!(target: "main", "at most {limit} IPC connections: the descriptor limit is {:?} \
-            (raise it to {} for {})", lim.current, ipc::MAX_CONNECTIONS as u64 + RESERVED_FDS, ipc::MAX_CONNECTIONS);
+        let nofile = lim.current.unwrap_or(u64::MAX);
+        warn!(target: "main", "at most {limit} IPC connections: the descriptor limit is {nofile} \
+            (raise it to {} for {})", ipc::MAX_CONNECTIONS as u64 + RESERVED_FDS, ipc::MAX_CONNECTIONS);
     }
     limit
 }
