@@ -30,6 +30,9 @@ use totem::Instant;
 /// Bytes a connection may have waiting to be written before it is judged stuck: its
 /// output queue never holds more (a frame that would pass it closes the connection).
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// Most effects (answers, callbacks) the registry may hold when a request is served;
+/// beyond it the connection waits, parked, until the daemon has carried them out.
+const MAX_PENDING_EFFECTS: usize = 4096;
 /// Most connections open at once (corosync bounds them too); the daemon lowers it to
 /// what its descriptor limit allows. Over it, a new connection is accepted and closed.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -473,7 +476,13 @@ impl IpcServer {
                 }
                 State::Bound(_) => {
                     let conn_id = conn.id;
-                    if reg.lib_request_must_wait(conn_id, id, *room) {
+                    // Answers wait in the registry until the daemon pumps them to the
+                    // connections (where their bound applies): a client whose requests
+                    // are answered with more than they cost must not pile up more than
+                    // this in one turn. Its connection waits for the next go, as below.
+                    if reg.lib_request_must_wait(conn_id, id, *room)
+                        || reg.pending_effects() >= MAX_PENDING_EFFECTS
+                    {
                         conn.held = Some((id, body));
                         conn.parked = true;
                         self.parked.push_back(slot);
@@ -713,6 +722,8 @@ mod tests {
         server: IpcServer,
         reg: Registry,
         dir: PathBuf,
+        /// The most effects the registry held when drained.
+        peak_effects: usize,
     }
 
     impl Rig {
@@ -741,6 +752,7 @@ mod tests {
                 server,
                 reg,
                 dir,
+                peak_effects: 0,
             }
         }
 
@@ -775,6 +787,26 @@ mod tests {
                     self.server.flush(slot, self.poll.registry(), &mut self.reg);
                 }
             }
+            self.drain_effects();
+            // Connections that waited go on, as in the daemon.
+            while self.server.has_parked() {
+                let mut room = usize::MAX;
+                let poll = self.poll.registry();
+                if self
+                    .server
+                    .resume(poll, &mut self.reg, Instant(0), &mut room)
+                    == 0
+                {
+                    break;
+                }
+                self.drain_effects();
+            }
+            self.server.flush_dirty(self.poll.registry(), &mut self.reg);
+        }
+
+        /// Carries out the registry's effects, as the daemon's pump does.
+        fn drain_effects(&mut self) {
+            self.peak_effects = self.peak_effects.max(self.reg.pending_effects());
             while let Some(effect) = self.reg.poll_effect() {
                 let reg = self.poll.registry();
                 match effect {
@@ -798,7 +830,6 @@ mod tests {
                     ais_exec::Effect::Mcast { .. } => {}
                 }
             }
-            self.server.flush_dirty(self.poll.registry(), &mut self.reg);
         }
 
         /// Turns until `done` holds; fails the test after [`WAIT`].
@@ -1199,5 +1230,34 @@ mod tests {
         rig.wait_closed(&mut slow);
         other.send(0, &echo_request(5));
         assert_eq!(rig.response(&mut other).body.len(), 5);
+    }
+
+    /// Requests answered with more than they cost: however many a client sends at once,
+    /// the registry holds no more than the bound of answers before they go to the
+    /// connections (where the output bound applies), and every request is answered, in
+    /// order.
+    #[test]
+    fn answers_waiting_in_the_registry_stay_bounded() {
+        let mut rig = Rig::new("effects", 8);
+        let mut c = rig.connect();
+        let reply = rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01);
+        assert_eq!(reply.sa_error(), SaError::Ok);
+        // Small requests (about 100 KB: one write the socket takes whole), in one go.
+        let asks = 2 * MAX_PENDING_EFFECTS + 100;
+        let mut out = BytesMut::new();
+        for i in 0..asks {
+            ipc::put_request(&mut out, 0, &echo_request((i % 7) as u32));
+        }
+        c.send_raw(&out);
+        for i in 0..asks {
+            let r = rig.response(&mut c);
+            assert_eq!((r.id, r.body.len()), (0, i % 7), "answer {i}");
+        }
+        assert!(
+            rig.peak_effects <= MAX_PENDING_EFFECTS,
+            "{} answers waited in the registry",
+            rig.peak_effects
+        );
+        assert_eq!(rig.server.stats().closed_slow, 0);
     }
 }
