@@ -40,6 +40,10 @@
 //! - socket missing or connection refused at connect: `TryAgain` (the executive is not
 //!   running, or not yet: try again later, as corosync's libraries answer);
 //!   permission denied: `Access`; a path too long for a socket address: `InvalidParam`;
+//! - a handshake the executive refuses: its answer's error (`NotExist` for a service it
+//!   does not have, `Version` with the version it supports, the service's own refusal,
+//!   `Access` for credentials not allowed, `NoResources` when it has as many
+//!   connections as it takes), the executive having closed the connection after it;
 //! - a frame larger than [`MAX_FRAME_LEN`], shorter than its header, a response nobody
 //!   asked for, or an undecodable handshake reply: `MessageError`; the stream is out of
 //!   step, so the connection is shut down and every later call returns `MessageError`;
@@ -289,7 +293,11 @@ impl Connection {
             }
             .to_bytes(),
         );
-        (&stream).write_all(&out).map_err(|_| SaError::Library)?;
+        // The executive may have answered and hung up before reading this (it turns a
+        // connection away at once when its credentials are not allowed or it has too
+        // many): that answer can still be read, so a failed write only counts if none
+        // comes.
+        let written = (&stream).write_all(&out);
 
         let mut rbuf = BytesMut::new();
         let reply = loop {
@@ -306,9 +314,14 @@ impl Connection {
             let n = loop {
                 match (&stream).read(&mut rbuf[start..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The executive hung up before answering (for instance because our
-                    // credentials are not allowed): retrying will not help.
-                    Ok(0) | Err(_) => return Err(SaError::Library),
+                    // The executive hung up without answering: the connection cannot
+                    // be used.
+                    Ok(0) | Err(_) => {
+                        if let Err(e) = &written {
+                            debug!(target: "libais", "handshake request not sent: {e}");
+                        }
+                        return Err(SaError::Library);
+                    }
                     Ok(n) => break n,
                 }
             };
@@ -1329,6 +1342,49 @@ mod tests {
         assert!(conn.callbacks_pending());
         assert_eq!(conn.poll_callbacks(false), Ok(true));
         assert_eq!(&conn.take_callback().unwrap().body[..], b"early");
+    }
+
+    /// The executive answers a refused handshake and closes at once: the caller gets
+    /// the refusal's error and the supported version, never `Library` for the hang-up,
+    /// even when the close resets the stream (our request unread on its side).
+    #[test]
+    fn a_refusal_followed_by_a_hang_up_is_reported_as_the_refusal() {
+        for (error, read_first) in [
+            (SaError::NotExist, true),
+            (SaError::Version, true),
+            (SaError::NoResources, false),
+        ] {
+            let (client, server) = UnixStream::pair().unwrap();
+            server
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut peer = Peer {
+                stream: server,
+                buf: BytesMut::new(),
+            };
+            let t = std::thread::spawn(move || {
+                let mut v = SaVersion {
+                    release_code: b'B',
+                    major: 3,
+                    minor: 0,
+                };
+                let r = Connection::handshake(client, ServiceId::CPG, &mut v);
+                (r.map(|_| ()), v)
+            });
+            if read_first {
+                peer.request();
+            }
+            let reply = ConnectReply {
+                version: SaVersion::B_01_01,
+            };
+            peer.send(CONNECT_ID, error, &reply.to_bytes());
+            drop(peer);
+            assert_eq!(
+                join_within(t),
+                (Err(error), SaVersion::B_01_01),
+                "refused with {error}"
+            );
+        }
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct Options {
     pub nodelist: bool,
     /// Write `quorum { expected_votes: n }`; default none.
     pub expected_votes: Option<u32>,
+    /// Write one `uidgid { uid: n }` per entry: users besides root and the daemon's own
+    /// allowed to connect (the runtime directory and socket are then opened to others).
+    pub allow_uids: Vec<u32>,
 }
 
 /// Where a [`ProcCluster`]'s nodes live and how their frames travel.
@@ -153,6 +156,7 @@ impl Options {
             placement: Placement::Loopback,
             nodelist: false,
             expected_votes: None,
+            allow_uids: Vec::new(),
         }
     }
 
@@ -181,6 +185,11 @@ impl Options {
 
     pub fn expected_votes(mut self, votes: u32) -> Options {
         self.expected_votes = Some(votes);
+        self
+    }
+
+    pub fn allow_uid(mut self, uid: u32) -> Options {
+        self.allow_uids.push(uid);
         self
     }
 
@@ -693,6 +702,11 @@ fn config_text(
         .expected_votes
         .map(|v| format!("quorum {{\n    expected_votes: {v}\n}}\n"))
         .unwrap_or_default();
+    let uidgid: String = opts
+        .allow_uids
+        .iter()
+        .map(|u| format!("uidgid {{\n    uid: {u}\n}}\n"))
+        .collect();
     format!(
         "totem {{
     version: 2
@@ -716,7 +730,7 @@ logging {{
 aisexec {{
     runtime_dir: {runtime_dir}
 }}
-{nodelist}{quorum}",
+{nodelist}{quorum}{uidgid}",
         name = opts.name,
         token = t.token_ms,
         coefficient = t.token_coefficient_ms,
@@ -1118,6 +1132,25 @@ impl ProcCluster {
     /// Starts the workspace binary `program` with `args` as a client of node `i`.
     pub fn client(&self, i: usize, program: &str, args: &[&str]) -> Client {
         Client::spawn(program, args, &self.socket(i))
+    }
+
+    /// Counter `name` from node `i`'s `aisctl status --json`
+    /// (`"counters":{"<name>":<n>,..}`); panics if aisctl fails or has no such counter.
+    pub fn counter(&self, i: usize, name: &str) -> u64 {
+        let out = self.run(i, "aisctl", &["status", "--json"], Duration::from_secs(10));
+        assert!(out.success(), "aisctl status --json on node {i}: {out}");
+        let key = format!("\"{name}\":");
+        let at = out
+            .stdout
+            .find(&key)
+            .unwrap_or_else(|| panic!("node {i}'s status has no counter {name}: {}", out.stdout));
+        let digits: String = out.stdout[at + key.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap_or_else(|_| {
+            panic!("counter {name} of node {i} is not a number: {}", out.stdout)
+        })
     }
 
     /// Runs `program` with `args` against node `i` to its end, or kills it after

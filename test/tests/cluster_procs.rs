@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use ais_proto::ipc::{CONNECT_ID, MAX_FRAME_LEN};
 use ais_test::procs::{
-    field, log_timestamp, node_addr, Client, ClientOutput, Configuration, Options, ProcCluster,
-    Signal, Timing,
+    field, log_timestamp, node_addr, Client, Configuration, Options, ProcCluster, Signal, Timing,
 };
 use ais_test::Rng;
 
@@ -676,6 +675,16 @@ fn garbage_on_the_ipc_socket_and_udp_port_leaves_the_executive_serving() {
         cut.extend_from_slice(&CONNECT_ID.to_be_bytes());
         cut.extend_from_slice(&[0u8; 1000]);
         let _ = ipc_garbage(&c, i, &cut, Duration::from_millis(50));
+        // Each of the five closed with a warning and counted (the noise may add more).
+        let log = c.log(i);
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("closing connection")
+                && l.contains("above the maximum")),
+            "node {i} logged no warning for an oversized frame"
+        );
+        let closed = c.counter(i, "ipc.closed_bad_frame");
+        assert!(closed >= 5, "node {i} counted {closed} bad frames");
     }
 
     // The Totem port: random datagrams, then datagrams with a valid Totem header (every
@@ -779,11 +788,11 @@ fn node_with_the_wrong_key_never_joins() {
     // nodes 1 and 2 drop node 3's, node 3 drops theirs. Each keeps sending (joins, merge
     // detection), so the counters grow while the test watches.
     let first: Vec<u64> = (1..=3)
-        .map(|i| counter(&c, i, "transport.bad_auth"))
+        .map(|i| c.counter(i, "transport.bad_auth"))
         .collect();
     std::thread::sleep(Duration::from_secs(2));
     let second: Vec<u64> = (1..=3)
-        .map(|i| counter(&c, i, "transport.bad_auth"))
+        .map(|i| c.counter(i, "transport.bad_auth"))
         .collect();
     eprintln!("transport.bad_auth on nodes 1..3: {first:?}, 2 s later {second:?}");
     for i in 0..3 {
@@ -804,27 +813,9 @@ fn node_with_the_wrong_key_never_joins() {
     // dropped before decoding.
     for i in 1..=3 {
         assert_eq!(
-            counter(&c, i, "totem.bad_frames"),
+            c.counter(i, "totem.bad_frames"),
             0,
             "node {i} passed frames of the other key to Totem"
         );
     }
-}
-
-/// Counter `name` from node `i`'s `aisctl status --json` (`"counters":{"<name>":<n>,..}`).
-fn counter(c: &ProcCluster, i: usize, name: &str) -> u64 {
-    let out: ClientOutput = c.run(i, "aisctl", &["status", "--json"], Duration::from_secs(10));
-    assert!(out.success(), "aisctl status --json on node {i}: {out}");
-    let key = format!("\"{name}\":");
-    let at = out
-        .stdout
-        .find(&key)
-        .unwrap_or_else(|| panic!("node {i}'s status has no counter {name}: {}", out.stdout));
-    let digits: String = out.stdout[at + key.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("counter {name} of node {i} is not a number: {}", out.stdout))
 }

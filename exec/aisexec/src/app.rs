@@ -12,7 +12,7 @@ use totem::{Instant, NodeId, Srp};
 use crate::config::{self, Config, Transport as TransportKind};
 use crate::crypto::{self, FrameCrypto};
 use crate::daemon::{Daemon, CONN_BASE};
-use crate::ipc::{Access, IpcServer};
+use crate::ipc::{self, Access, IpcServer};
 use crate::logging;
 use crate::runtime::{self, RuntimeDir};
 use crate::status;
@@ -164,7 +164,8 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let access = resolve_access(&cfg);
     let grant_others = !access.uids.is_empty() || !access.gids.is_empty();
-    let ipc = IpcServer::bind(&runtime.socket_path(), CONN_BASE, access)
+    let max_connections = connection_limit();
+    let ipc = IpcServer::bind(&runtime.socket_path(), CONN_BASE, access, max_connections)
         .map_err(|e| format!("{}: {e}", runtime.socket_path().display()))?;
     if grant_others {
         runtime
@@ -185,6 +186,42 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .run()
     .map_err(|e| format!("event loop: {e}"))
+}
+
+/// Descriptors the executive keeps for itself (sockets, log file, runtime files) beyond
+/// its IPC connections.
+const RESERVED_FDS: u64 = 64;
+
+/// How many IPC connections may be open at once: [`ipc::MAX_CONNECTIONS`], or fewer when
+/// the descriptor limit (raised to its hard limit first, best effort) would run out
+/// before that.
+fn connection_limit() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            lim = getrlimit(Resource::Nofile);
+        }
+    }
+    let limit = connections_within(lim.current);
+    if limit < ipc::MAX_CONNECTIONS {
+        let nofile = lim.current.unwrap_or(u64::MAX);
+        warn!(target: "main", "at most {limit} IPC connections: the descriptor limit is {nofile} \
+            (raise it to {} for {})", ipc::MAX_CONNECTIONS as u64 + RESERVED_FDS, ipc::MAX_CONNECTIONS);
+    }
+    limit
+}
+
+/// [`ipc::MAX_CONNECTIONS`] within a descriptor limit (`None`: unlimited), at least one.
+fn connections_within(nofile: Option<u64>) -> usize {
+    let fit = nofile
+        .map_or(u64::MAX, |n| n.saturating_sub(RESERVED_FDS))
+        .max(1);
+    usize::try_from(fit).map_or(ipc::MAX_CONNECTIONS, |f| f.min(ipc::MAX_CONNECTIONS))
 }
 
 /// The local node's CLM record: its name from the nodelist, else the host name (both in
@@ -343,6 +380,14 @@ mod tests {
         fit_window_to_buffer(&mut t, 100);
         assert_eq!((t.window_size, t.max_messages), (1, 1));
         assert!(t.resolve(3).is_ok());
+    }
+
+    #[test]
+    fn the_connection_limit_fits_the_descriptor_limit() {
+        assert_eq!(connections_within(None), ipc::MAX_CONNECTIONS);
+        assert_eq!(connections_within(Some(1 << 20)), ipc::MAX_CONNECTIONS);
+        assert_eq!(connections_within(Some(1024)), 1024 - RESERVED_FDS as usize);
+        assert_eq!(connections_within(Some(10)), 1);
     }
 
     #[test]

@@ -214,7 +214,12 @@ impl Daemon {
             if self.registry.host_status_wanted() {
                 // An operator query (admin service): only then copy counters.
                 progress = true;
-                crate::status::refresh(&mut self.registry, &self.srp, &self.transport);
+                crate::status::refresh(
+                    &mut self.registry,
+                    &self.srp,
+                    &self.transport,
+                    self.ipc.stats(),
+                );
             }
             while let Some(effect) = self.registry.poll_effect() {
                 progress = true;

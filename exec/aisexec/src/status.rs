@@ -11,6 +11,7 @@ use ais_exec::{Counter, Registry};
 use totem::{NodeId, Srp};
 
 use crate::config::Config;
+use crate::ipc::IpcStats;
 use crate::transport::{Transport, TransportStats};
 
 /// The nodelist's names, plus this node's host name when the nodelist does not name it.
@@ -35,8 +36,8 @@ fn host_name() -> Option<String> {
 }
 
 /// Hands the registry fresh addresses (every node the transport knows, this one
-/// included) and counters (Totem's, then the transport's).
-pub fn refresh(registry: &mut Registry, srp: &Srp, transport: &Transport) {
+/// included) and counters (Totem's, then the transport's, then the IPC server's).
+pub fn refresh(registry: &mut Registry, srp: &Srp, transport: &Transport, ipc: &IpcStats) {
     let addresses = transport
         .peers()
         .iter()
@@ -44,6 +45,7 @@ pub fn refresh(registry: &mut Registry, srp: &Srp, transport: &Transport) {
         .collect();
     let mut counters = totem_counters(srp.stats());
     counters.extend(transport_counters(transport.stats()));
+    counters.extend(ipc_counters(ipc));
     registry.refresh_host_status(addresses, counters);
 }
 
@@ -56,5 +58,19 @@ fn transport_counters(s: &TransportStats) -> Vec<Counter> {
         c("transport.unknown_destination", s.unknown_destination),
         c("transport.bad_auth", s.bad_auth),
         c("transport.stranger_frames", s.stranger_frames),
+    ]
+}
+
+fn ipc_counters(s: &IpcStats) -> Vec<Counter> {
+    let c = |name, value| Counter { name, value };
+    vec![
+        c("ipc.accepted", s.accepted),
+        c("ipc.refused", s.refused),
+        c("ipc.refused_limit", s.refused_limit),
+        c("ipc.refused_handshake", s.refused_handshake),
+        c("ipc.closed_bad_frame", s.closed_bad_frame),
+        c("ipc.closed_slow", s.closed_slow),
+        c("ipc.requests", s.requests),
+        c("ipc.peak_output", s.peak_output),
     ]
 }
