@@ -9,6 +9,8 @@ use totem::{Params, TotemConfig};
 
 use super::syntax::{Item, Pair, Section};
 use super::value::{parse_bool, parse_ip, parse_text, parse_u32, parse_uint, parse_word, quote};
+use crate::logging::SUBSYSTEMS;
+
 use super::{
     ConfigError, ConfigWarning, DEFAULT_KEYFILE, DEFAULT_MCASTPORT, MAX_MEMBERS, SERVICE_SECTIONS,
 };
@@ -101,7 +103,8 @@ pub struct Logging {
     pub debug: bool,
     /// `timestamp`: prefix messages with the time (default off).
     pub timestamp: bool,
-    /// Each `logger_subsys { }`.
+    /// Each `logger_subsys { }` that names a subsystem of this executive
+    /// ([`SUBSYSTEMS`]); one naming another is warned about and left out.
     pub subsys: Vec<LoggerSubsys>,
 }
 
@@ -827,23 +830,40 @@ impl Builder<'_> {
             aliases: &[],
             sections: &[],
         };
-        let mut subsys: Vec<(LoggerSubsys, u32)> = Vec::new();
+        // With each, its line and whether it is one of SUBSYSTEMS.
+        let mut subsys: Vec<(LoggerSubsys, u32, bool)> = Vec::new();
         for s in &f.sections {
             let g = self.fields(s, "logging.logger_subsys", &subsys_spec);
             let name = self.require(&g, "subsys", "the subsystem's name", |v| {
                 let name = parse_word(v)?;
-                match subsys.iter().find(|(x, _)| x.subsys == name) {
-                    Some((_, line)) => Err(format!("{name} is already configured on line {line}")),
+                match subsys.iter().find(|(x, _, _)| x.subsys == name) {
+                    Some((_, line, _)) => {
+                        Err(format!("{name} is already configured on line {line}"))
+                    }
                     None => Ok(name),
                 }
             })?;
             let debug = self.flag(&g, "debug", false)?;
+            let known = SUBSYSTEMS.contains(&name.to_ascii_lowercase().as_str());
+            if !known {
+                let line = g.pairs.get("subsys").map_or(g.line, |p| p.line);
+                self.warn(
+                    line,
+                    "logging.logger_subsys.subsys",
+                    format!(
+                        "no subsystem {name} logs in this executive, ignored: the subsystems \
+                         are {}",
+                        SUBSYSTEMS.join(", ")
+                    ),
+                );
+            }
             subsys.push((
                 LoggerSubsys {
                     subsys: name,
                     debug,
                 },
                 s.line,
+                known,
             ));
         }
 
@@ -853,7 +873,10 @@ impl Builder<'_> {
             logfile,
             debug,
             timestamp,
-            subsys: subsys.into_iter().map(|(s, _)| s).collect(),
+            subsys: subsys
+                .into_iter()
+                .filter_map(|(s, _, known)| known.then_some(s))
+                .collect(),
         })
     }
 

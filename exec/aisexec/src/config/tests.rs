@@ -305,7 +305,7 @@ logging {
         debug: on
     }
     logger_subsys {
-        subsys: AMF
+        subsys: ipc
     }
 }
 aisexec {
@@ -347,7 +347,7 @@ clm {
                     debug: true
                 },
                 LoggerSubsys {
-                    subsys: "AMF".into(),
+                    subsys: "ipc".into(),
                     debug: false
                 },
             ],
@@ -603,6 +603,59 @@ uidgid { uid: a
         warnings[1].to_string(),
         "test.conf:4: totem.vsftype: unknown key, ignored"
     );
+}
+
+/// `logger_subsys` names one of the executive's log targets, in any case; another name
+/// (openais's AMF, a typo) is warned about on the `subsys` line and left out.
+#[test]
+fn unknown_logger_subsys_is_a_warning_with_its_line() {
+    let text = with(&lines(&[
+        "logging {",
+        " logger_subsys {",
+        "  subsys: TOTEM",
+        "  debug: on",
+        " }",
+        " logger_subsys {",
+        "  debug: on",
+        "  subsys: AMF",
+        " }",
+        " logger_subsys { subsys: Cpg }",
+        "}",
+    ]));
+    let (config, warnings) = parse(&text);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert_eq!(
+        (w.line, w.key.as_str()),
+        (19, "logging.logger_subsys.subsys")
+    );
+    let shown = w.to_string();
+    assert!(
+        shown.starts_with("test.conf:19: logging.logger_subsys.subsys: no subsystem AMF"),
+        "{shown}"
+    );
+    assert!(shown.contains("totem"), "{shown}");
+    assert_eq!(
+        config.logging.subsys,
+        vec![
+            LoggerSubsys {
+                subsys: "TOTEM".into(),
+                debug: true
+            },
+            LoggerSubsys {
+                subsys: "Cpg".into(),
+                debug: false
+            },
+        ]
+    );
+    // Every subsystem the logger knows is accepted without a warning.
+    for name in crate::logging::SUBSYSTEMS {
+        let upper = name.to_ascii_uppercase();
+        let (_, warnings) = parse(&with(&format!(
+            "logging {{\n logger_subsys {{ subsys: {upper} }}\n}}\n"
+        )));
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+    }
 }
 
 #[test]
