@@ -11,23 +11,44 @@
 //!   memberships with sequence numbers and members oldest first, loss and return of
 //!   quorum, eviction.
 //!
-//! The daemon registers them all on its registry: [`register_all`].
+//! The daemon registers them all on its registry: [`register_all`], handing them what
+//! they need to know of their node and their configuration sections ([`section`]).
 
 pub mod admin;
 pub mod clm;
 pub mod cpg;
 pub mod memb;
+pub mod section;
 
 pub use admin::Admin;
 pub use clm::{Clm, LocalNode};
 pub use cpg::Cpg;
 pub use memb::Memb;
+pub use section::{ServiceSection, ServiceSections};
 
-/// What the services need to know about the node they run on, built by the daemon.
+/// What the services need to know about the node they run on and from the
+/// configuration, built by the daemon.
 #[derive(Clone, Debug)]
 pub struct ServicesConfig {
     /// This node's record for CLM.
     pub local: LocalNode,
+    /// The service sections of the configuration file, as accepted (see [`section`]).
+    pub sections: ServiceSections,
+}
+
+impl ServicesConfig {
+    /// A configuration with no service section.
+    pub fn new(local: LocalNode) -> ServicesConfig {
+        ServicesConfig {
+            local,
+            sections: ServiceSections::new(),
+        }
+    }
+
+    /// The section called `name` (`cpg`, `clm`, ...), if the file has one.
+    pub fn section(&self, name: &str) -> Option<&ServiceSection> {
+        self.sections.get(name)
+    }
 }
 
 /// Registers every service of this crate on `registry`.

@@ -246,7 +246,7 @@ impl Sim {
                 std::net::Ipv4Addr::new(10, 0, 0, n as u8).into(),
                 boot,
             );
-            ais_services::register_all(&mut registry, &ServicesConfig { local });
+            ais_services::register_all(&mut registry, &ServicesConfig::new(local));
             // Quorum counted against the whole cluster, the same on every node, so that
             // minorities lose it and MEMB has more than new memberships to tell.
             registry.set_quorum_policy(QuorumPolicy {

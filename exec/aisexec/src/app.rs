@@ -160,7 +160,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     let names = status::node_names(&cfg, me);
     let name = names.get(&me).cloned();
     registry.set_node_names(names);
-    ais_services::register_all(&mut registry, &services_config(me, name, iface.bindnetaddr));
+    ais_services::register_all(
+        &mut registry,
+        &services_config(me, name, iface.bindnetaddr, &cfg.services),
+    );
 
     let access = resolve_access(&cfg);
     let grant_others = !access.uids.is_empty() || !access.gids.is_empty();
@@ -224,12 +227,13 @@ fn connections_within(nofile: Option<u64>) -> usize {
     usize::try_from(fit).map_or(ipc::MAX_CONNECTIONS, |f| f.min(ipc::MAX_CONNECTIONS))
 }
 
-/// The local node's CLM record: its name from the nodelist, else the host name (both in
-/// `name`), else `node<id>`.
+/// The local node's CLM record (its name from the nodelist, else the host name, both in
+/// `name`, else `node<id>`) and the service sections of the configuration.
 fn services_config(
     me: NodeId,
     name: Option<String>,
     address: std::net::IpAddr,
+    sections: &ais_services::ServiceSections,
 ) -> ais_services::ServicesConfig {
     let name = name.unwrap_or_else(|| format!("node{}", me.0));
     let boot_time_ns = std::time::SystemTime::now()
@@ -237,6 +241,7 @@ fn services_config(
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     ais_services::ServicesConfig {
         local: ais_services::LocalNode::new(&name, address, boot_time_ns),
+        sections: sections.clone(),
     }
 }
 

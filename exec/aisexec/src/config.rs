@@ -10,8 +10,10 @@
 //! (`openais.conf:14: totem.interface.mcastport: 99999 is out of range ...`). Keys and
 //! sections this version does not know, inside sections it does know, are skipped with
 //! a [`ConfigWarning`] instead, so that a configuration written for corosync or a later
-//! version still runs. Service sections (see [`SERVICE_SECTIONS`]) are kept as written
-//! for the services to read.
+//! version still runs. Service sections (`cpg { }`, `amf { }`, ...) are read the same
+//! way, with the keys and checks their service declares
+//! ([`ais_services::section::SECTIONS`]), and handed to the services; a section of a
+//! service this executive does not offer is a warning.
 //!
 //! Input is bounded: at most [`MAX_FILE_BYTES`] bytes, lines of at most
 //! [`MAX_LINE_BYTES`], sections nested at most [`MAX_DEPTH`] deep and at most
@@ -48,13 +50,6 @@ pub const MAX_MEMBERS: usize = totem::wire::MAX_MEMBERS;
 pub const DEFAULT_KEYFILE: &str = "/etc/ais/authkey";
 /// The UDP port when `mcastport` is not given.
 pub const DEFAULT_MCASTPORT: u16 = 5405;
-
-/// Top-level sections kept as written, in [`Config::services`], for the services to
-/// read. Any other top-level name than these and `totem`, `logging`, `aisexec`,
-/// `uidgid`, `nodelist` and `quorum` is an error: it is most likely a misspelling.
-pub const SERVICE_SECTIONS: &[&str] = &[
-    "amf", "ckpt", "clm", "cpg", "event", "evs", "evt", "lck", "msg", "tmr",
-];
 
 /// The configuration the daemon runs with when given none: a one-node cluster on the
 /// loopback address, unicast, no authentication, logging to standard error. No

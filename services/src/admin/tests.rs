@@ -233,7 +233,7 @@ fn without_a_nodelist_members_are_named_by_the_names_they_announced() {
             std::net::Ipv4Addr::new(10, 0, 0, id as u8).into(),
             u64::from(id),
         );
-        crate::register_all(r, &crate::ServicesConfig { local });
+        crate::register_all(r, &crate::ServicesConfig::new(local));
         // What the daemon configures without a nodelist: its own host name. Node 3's
         // configuration calls it something else: configured names come first.
         let own = if id == 3 { "configured3" } else { "" };

@@ -32,7 +32,7 @@ fn cluster(n: u32) -> TestCluster {
             std::net::Ipv4Addr::new(10, 0, 0, id as u8).into(),
             boot,
         );
-        crate::register_all(r, &ServicesConfig { local });
+        crate::register_all(r, &ServicesConfig::new(local));
     })
 }
 
@@ -603,7 +603,7 @@ fn node_get_before_the_first_view_waits_for_it_or_times_out() {
 fn no_view() -> (Registry, ConnId) {
     let mut r = Registry::new(NodeId(1));
     let local = LocalNode::new("node1", std::net::Ipv4Addr::new(10, 0, 0, 1).into(), 7);
-    crate::register_all(&mut r, &ServicesConfig { local });
+    crate::register_all(&mut r, &ServicesConfig::new(local));
     let conn = ConnId(1);
     r.lib_connect(conn, ServiceId::CLM, ConnInfo::default())
         .expect("clm connects");

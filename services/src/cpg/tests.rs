@@ -514,13 +514,11 @@ fn registry(n: u32) -> Registry {
     let mut r = Registry::new(NodeId(n));
     crate::register_all(
         &mut r,
-        &crate::ServicesConfig {
-            local: crate::LocalNode::new(
-                "test",
-                std::net::Ipv4Addr::new(10, 0, 0, n as u8).into(),
-                1,
-            ),
-        },
+        &crate::ServicesConfig::new(crate::LocalNode::new(
+            "test",
+            std::net::Ipv4Addr::new(10, 0, 0, n as u8).into(),
+            1,
+        )),
     );
     r
 }

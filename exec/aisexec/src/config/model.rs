@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ais_services::section::{self, SectionSpec};
+use ais_services::{ServiceSection, ServiceSections};
 use totem::{Params, TotemConfig};
 
 use super::syntax::{Item, Pair, Section};
 use super::value::{parse_bool, parse_ip, parse_text, parse_u32, parse_uint, parse_word, quote};
-use super::{
-    ConfigError, ConfigWarning, DEFAULT_KEYFILE, DEFAULT_MCASTPORT, MAX_MEMBERS, SERVICE_SECTIONS,
-};
+use crate::logging::SUBSYSTEMS;
+
+use super::{ConfigError, ConfigWarning, DEFAULT_KEYFILE, DEFAULT_MCASTPORT, MAX_MEMBERS};
 
 /// How Totem reaches the other nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,10 +41,12 @@ pub struct Config {
     pub nodelist: Vec<NodeEntry>,
     /// `quorum { }`.
     pub quorum: QuorumSection,
-    /// Service sections (`amf { }`, `clm { }`, ...; see [`SERVICE_SECTIONS`]) as written,
-    /// by name, for the services to read. A section written twice is one section holding
-    /// the items of both, in file order.
-    pub services: BTreeMap<String, Section>,
+    /// Service sections (`cpg { }`, `clm { }`, `amf { }`, ...; see
+    /// [`ais_services::section::SECTIONS`]) by name, with the keys their service reads,
+    /// checked, for the services. A section written twice is one section with the keys
+    /// of both (the later setting of a key wins). Sections of services this executive
+    /// does not offer are not here.
+    pub services: ServiceSections,
     /// Where each key and section was written, for errors found after parsing.
     pub origin: Origin,
 }
@@ -101,7 +105,8 @@ pub struct Logging {
     pub debug: bool,
     /// `timestamp`: prefix messages with the time (default off).
     pub timestamp: bool,
-    /// Each `logger_subsys { }`.
+    /// Each `logger_subsys { }` that names a subsystem of this executive
+    /// ([`SUBSYSTEMS`]); one naming another is warned about and left out.
     pub subsys: Vec<LoggerSubsys>,
 }
 
@@ -358,6 +363,127 @@ const TOTEM_KEYS: &[&str] = &[
     "cluster_name",
 ];
 
+/// `totem.interface { }`.
+const INTERFACE: Spec = Spec {
+    keys: &["ringnumber", "bindnetaddr", "mcastaddr", "mcastport", "ttl"],
+    aliases: &[],
+    sections: &["member"],
+};
+
+/// `totem.interface.member { }`.
+const MEMBER: Spec = Spec {
+    keys: &["memberaddr"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// `logging { }`.
+const LOGGING: Spec = Spec {
+    keys: &["to_stderr", "to_file", "logfile", "debug", "timestamp"],
+    aliases: &[("to_logfile", "to_file")],
+    sections: &["logger_subsys"],
+};
+
+/// `logging.logger_subsys { }`.
+const LOGGER_SUBSYS: Spec = Spec {
+    keys: &["subsys", "debug"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// `aisexec { }`.
+const AISEXEC: Spec = Spec {
+    keys: &["user", "group", "runtime_dir"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// `uidgid { }`.
+const UIDGID: Spec = Spec {
+    keys: &["uid", "gid"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// `nodelist { }`.
+const NODELIST: Spec = Spec {
+    keys: &[],
+    aliases: &[],
+    sections: &["node"],
+};
+
+/// `nodelist.node { }`.
+const NODE: Spec = Spec {
+    keys: &["nodeid", "name", "ring0_addr", "quorum_votes"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// `quorum { }`.
+const QUORUM: Spec = Spec {
+    keys: &["expected_votes", "two_node", "votes"],
+    aliases: &[],
+    sections: &[],
+};
+
+/// Every section the model reads other than `totem` and the service sections, by
+/// dotted path, with what it may hold (for the test that the example documents them).
+#[cfg(test)]
+const SPECS: &[(&str, &Spec)] = &[
+    ("totem.interface", &INTERFACE),
+    ("totem.interface.member", &MEMBER),
+    ("logging", &LOGGING),
+    ("logging.logger_subsys", &LOGGER_SUBSYS),
+    ("aisexec", &AISEXEC),
+    ("uidgid", &UIDGID),
+    ("nodelist", &NODELIST),
+    ("nodelist.node", &NODE),
+    ("quorum", &QUORUM),
+];
+
+/// Every key the parser accepts, as a dotted path (`totem.interface.mcastport`,
+/// `logging.to_logfile`, `amf.mode`), aliases included: what the example must document.
+#[cfg(test)]
+pub(super) fn known_keys() -> Vec<String> {
+    let totem = TOTEM_KEYS
+        .iter()
+        .copied()
+        .chain(TIMERS.iter().map(|(k, _)| *k))
+        .map(|k| format!("totem.{k}"));
+    let others = SPECS.iter().flat_map(|(path, spec)| {
+        spec.keys
+            .iter()
+            .chain(spec.aliases.iter().map(|(alias, _)| alias))
+            .map(move |k| format!("{path}.{k}"))
+    });
+    let services = section::SECTIONS
+        .iter()
+        .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.key)));
+    totem.chain(others).chain(services).collect()
+}
+
+/// Every section the parser reads, as a dotted path (`totem.interface.member`, `cpg`):
+/// what the example must show.
+#[cfg(test)]
+pub(super) fn known_sections() -> Vec<String> {
+    let top = [
+        "totem", "logging", "aisexec", "uidgid", "nodelist", "quorum",
+    ];
+    let nested = std::iter::once(("totem", "interface"))
+        .chain(
+            SPECS
+                .iter()
+                .flat_map(|(path, spec)| spec.sections.iter().map(move |s| (*path, *s))),
+        )
+        .map(|(path, s)| format!("{path}.{s}"));
+    let services = section::SECTIONS.iter().map(|s| s.name.to_owned());
+    top.iter()
+        .map(|s| (*s).to_owned())
+        .chain(nested)
+        .chain(services)
+        .collect()
+}
+
 /// Builds the typed configuration from a parsed file, then checks that Totem can run
 /// with it.
 pub(super) fn build(
@@ -376,7 +502,7 @@ pub(super) fn build(
     let mut uidgid = Vec::new();
     let mut nodelist = None;
     let mut quorum = None;
-    let mut services: BTreeMap<String, Section> = BTreeMap::new();
+    let mut services = ServiceSections::new();
     for item in &root.items {
         let section = match item {
             Item::Pair(p) if p.key == "compatibility" => {
@@ -418,24 +544,21 @@ pub(super) fn build(
                 cx.once(&quorum, section)?;
                 quorum = Some((cx.quorum(section)?, section.line));
             }
-            name if SERVICE_SECTIONS.contains(&name) => {
-                cx.lines.entry(name.to_owned()).or_insert(section.line);
-                services
-                    .entry(name.to_owned())
-                    .and_modify(|s| s.items.extend(section.items.iter().cloned()))
-                    .or_insert_with(|| section.clone());
-            }
-            name => {
-                return Err(cx.error(
-                    section.line,
-                    name,
-                    format!(
-                        "unknown section: expected totem, logging, aisexec, uidgid, \
-                         nodelist, quorum or a service section ({})",
-                        SERVICE_SECTIONS.join(", ")
-                    ),
-                ))
-            }
+            name => match section::spec(name) {
+                Some(spec) => cx.service(section, spec, &mut services)?,
+                None => {
+                    let names: Vec<&str> = section::SECTIONS.iter().map(|s| s.name).collect();
+                    return Err(cx.error(
+                        section.line,
+                        name,
+                        format!(
+                            "unknown section: expected totem, logging, aisexec, uidgid, \
+                             nodelist, quorum or a service section ({})",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            },
         }
     }
     let Some((totem, _)) = totem else {
@@ -591,6 +714,58 @@ impl Builder<'_> {
         Ok(self.get(fields, key, parse_bool)?.unwrap_or(default))
     }
 
+    /// A service section: its keys checked into `services` (merged with an earlier
+    /// section of the same name), or one warning for a service this executive lacks.
+    fn service(
+        &mut self,
+        section: &Section,
+        spec: &SectionSpec,
+        services: &mut ServiceSections,
+    ) -> Result<(), ConfigError> {
+        let path = spec.name;
+        let first_line = *self.lines.entry(path.to_owned()).or_insert(section.line);
+        if spec.ignored() {
+            self.warn(
+                section.line,
+                path,
+                format!("this executive offers no {path} service: section ignored"),
+            );
+            return Ok(());
+        }
+        let keys: Vec<&str> = spec.keys.iter().map(|k| k.key).collect();
+        let service_spec = Spec {
+            keys: &keys,
+            aliases: &[],
+            sections: &[],
+        };
+        let f = self.fields(section, path, &service_spec);
+        // `fields` noted this section's line; the first section's is the one to name.
+        self.lines.insert(path.to_owned(), first_line);
+        let entry = services
+            .entry(path.to_owned())
+            .or_insert_with(|| ServiceSection {
+                line: first_line,
+                ..ServiceSection::default()
+            });
+        for key in spec.keys {
+            let Some(line) = f.pairs.get(key.key).map(|p| p.line) else {
+                continue;
+            };
+            let Some(value) = self.get(&f, key.key, |v| (key.check)(v).map(|()| v.to_owned()))?
+            else {
+                continue;
+            };
+            if let Some((_, earlier)) = entry.values.insert(key.key.to_owned(), (value, line)) {
+                self.warn(
+                    earlier,
+                    &format!("{path}.{}", key.key),
+                    format!("set again on line {line}, which wins"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn totem(&mut self, section: &Section) -> Result<TotemSection, ConfigError> {
         let keys: Vec<&str> = TOTEM_KEYS
             .iter()
@@ -712,12 +887,7 @@ impl Builder<'_> {
     }
 
     fn interface(&mut self, section: &Section) -> Result<Interface, ConfigError> {
-        let spec = Spec {
-            keys: &["ringnumber", "bindnetaddr", "mcastaddr", "mcastport", "ttl"],
-            aliases: &[],
-            sections: &["member"],
-        };
-        let f = self.fields(section, "totem.interface", &spec);
+        let f = self.fields(section, "totem.interface", &INTERFACE);
         let ringnumber = self
             .get(&f, "ringnumber", |v| match parse_uint(v, 0, 255)? {
                 0 => Ok(0),
@@ -768,11 +938,6 @@ impl Builder<'_> {
             .unwrap_or(1);
 
         let mut members: Vec<(IpAddr, u32)> = Vec::new();
-        let member_spec = Spec {
-            keys: &["memberaddr"],
-            aliases: &[],
-            sections: &[],
-        };
         for s in &f.sections {
             if members.len() == MAX_MEMBERS {
                 return Err(self.error(
@@ -781,7 +946,7 @@ impl Builder<'_> {
                     format!("more than {MAX_MEMBERS} members: a ring holds at most {MAX_MEMBERS}"),
                 ));
             }
-            let m = self.fields(s, "totem.interface.member", &member_spec);
+            let m = self.fields(s, "totem.interface.member", &MEMBER);
             let addr = self.require(&m, "memberaddr", "the member's address", |v| {
                 let a = same_family(parse_ip(v)?)?;
                 match members.iter().find(|(b, _)| *b == a) {
@@ -803,12 +968,7 @@ impl Builder<'_> {
     }
 
     fn logging(&mut self, section: &Section) -> Result<Logging, ConfigError> {
-        let spec = Spec {
-            keys: &["to_stderr", "to_file", "logfile", "debug", "timestamp"],
-            aliases: &[("to_logfile", "to_file")],
-            sections: &["logger_subsys"],
-        };
-        let f = self.fields(section, "logging", &spec);
+        let f = self.fields(section, "logging", &LOGGING);
         let defaults = Logging::default();
         let to_stderr = self.flag(&f, "to_stderr", defaults.to_stderr)?;
         let to_file = self.flag(&f, "to_file", defaults.to_file)?;
@@ -823,28 +983,40 @@ impl Builder<'_> {
         let debug = self.flag(&f, "debug", defaults.debug)?;
         let timestamp = self.flag(&f, "timestamp", defaults.timestamp)?;
 
-        let subsys_spec = Spec {
-            keys: &["subsys", "debug"],
-            aliases: &[],
-            sections: &[],
-        };
-        let mut subsys: Vec<(LoggerSubsys, u32)> = Vec::new();
+        // With each, its line and whether it is one of SUBSYSTEMS.
+        let mut subsys: Vec<(LoggerSubsys, u32, bool)> = Vec::new();
         for s in &f.sections {
-            let g = self.fields(s, "logging.logger_subsys", &subsys_spec);
+            let g = self.fields(s, "logging.logger_subsys", &LOGGER_SUBSYS);
             let name = self.require(&g, "subsys", "the subsystem's name", |v| {
                 let name = parse_word(v)?;
-                match subsys.iter().find(|(x, _)| x.subsys == name) {
-                    Some((_, line)) => Err(format!("{name} is already configured on line {line}")),
+                match subsys.iter().find(|(x, _, _)| x.subsys == name) {
+                    Some((_, line, _)) => {
+                        Err(format!("{name} is already configured on line {line}"))
+                    }
                     None => Ok(name),
                 }
             })?;
             let debug = self.flag(&g, "debug", false)?;
+            let known = SUBSYSTEMS.contains(&name.to_ascii_lowercase().as_str());
+            if !known {
+                let line = g.pairs.get("subsys").map_or(g.line, |p| p.line);
+                self.warn(
+                    line,
+                    "logging.logger_subsys.subsys",
+                    format!(
+                        "no subsystem {name} logs in this executive, ignored: the subsystems \
+                         are {}",
+                        SUBSYSTEMS.join(", ")
+                    ),
+                );
+            }
             subsys.push((
                 LoggerSubsys {
                     subsys: name,
                     debug,
                 },
                 s.line,
+                known,
             ));
         }
 
@@ -854,17 +1026,15 @@ impl Builder<'_> {
             logfile,
             debug,
             timestamp,
-            subsys: subsys.into_iter().map(|(s, _)| s).collect(),
+            subsys: subsys
+                .into_iter()
+                .filter_map(|(s, _, known)| known.then_some(s))
+                .collect(),
         })
     }
 
     fn aisexec(&mut self, section: &Section) -> Result<AisexecSection, ConfigError> {
-        let spec = Spec {
-            keys: &["user", "group", "runtime_dir"],
-            aliases: &[],
-            sections: &[],
-        };
-        let f = self.fields(section, "aisexec", &spec);
+        let f = self.fields(section, "aisexec", &AISEXEC);
         Ok(AisexecSection {
             user: self.get(&f, "user", parse_word)?,
             group: self.get(&f, "group", parse_word)?,
@@ -873,12 +1043,7 @@ impl Builder<'_> {
     }
 
     fn uidgid(&mut self, section: &Section) -> Result<UidGid, ConfigError> {
-        let spec = Spec {
-            keys: &["uid", "gid"],
-            aliases: &[],
-            sections: &[],
-        };
-        let f = self.fields(section, "uidgid", &spec);
+        let f = self.fields(section, "uidgid", &UIDGID);
         let entry = UidGid {
             uid: self.get(&f, "uid", parse_word)?,
             gid: self.get(&f, "gid", parse_word)?,
@@ -894,17 +1059,7 @@ impl Builder<'_> {
     }
 
     fn nodelist(&mut self, section: &Section) -> Result<Vec<NodeEntry>, ConfigError> {
-        let spec = Spec {
-            keys: &[],
-            aliases: &[],
-            sections: &["node"],
-        };
-        let f = self.fields(section, "nodelist", &spec);
-        let node_spec = Spec {
-            keys: &["nodeid", "name", "ring0_addr", "quorum_votes"],
-            aliases: &[],
-            sections: &[],
-        };
+        let f = self.fields(section, "nodelist", &NODELIST);
         let mut nodes: Vec<(NodeEntry, u32)> = Vec::new();
         for s in &f.sections {
             if nodes.len() == MAX_MEMBERS {
@@ -914,7 +1069,7 @@ impl Builder<'_> {
                     format!("more than {MAX_MEMBERS} nodes: a ring holds at most {MAX_MEMBERS}"),
                 ));
             }
-            let g = self.fields(s, "nodelist.node", &node_spec);
+            let g = self.fields(s, "nodelist.node", &NODE);
             let ring0_addr = self.get(&g, "ring0_addr", |v| {
                 let a = parse_ip(v)?;
                 match nodes.iter().find(|(n, _)| n.ring0_addr == Some(a)) {
@@ -989,12 +1144,7 @@ impl Builder<'_> {
     }
 
     fn quorum(&mut self, section: &Section) -> Result<QuorumSection, ConfigError> {
-        let spec = Spec {
-            keys: &["expected_votes", "two_node", "votes"],
-            aliases: &[],
-            sections: &[],
-        };
-        let f = self.fields(section, "quorum", &spec);
+        let f = self.fields(section, "quorum", &QUORUM);
         let defaults = QuorumSection::default();
         Ok(QuorumSection {
             expected_votes: self.get(&f, "expected_votes", |v| {
