@@ -1,6 +1,7 @@
 //! CLM on real `aisexec` processes on 127.0.0.1..3 (udpu), seen through `testclm`: the
 //! view every node reports, kill -9 of a node seen as `left` by both survivors in the
-//! same view, its restart seen as `joined`, node get (sync and async) for an unknown id.
+//! same view, its restart seen as `joined`, node get (sync and async) for an unknown id,
+//! and the nodelist's names in every node's records.
 //!
 //! Needs the workspace's binaries next to this test (`cargo build --release
 //! --workspace`). Each test starts its own cluster on its own port and directory; the
@@ -236,4 +237,55 @@ fn node_get_of_an_unknown_node_is_invalid_param_and_of_a_member_its_record() {
             .any(|l| l.starts_with("NODE_GET") && field(l, "error") == Some("InvalidParam")),
         "{out}"
     );
+}
+
+#[test]
+fn node_records_carry_the_names_of_the_nodelist_on_every_node() {
+    // The harness's nodelist names node i `node<i>`; the processes share one host
+    // name, so only the nodelist can tell them apart.
+    let c = ProcCluster::start(Options::new("clm-names", 3).nodelist(true));
+    // CLM learns a member's record one round of announcements after the ring forms, so
+    // each question is asked again (bounded) until the record is there.
+    let ask = |node: usize, args: &[&str], done: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + CLIENT_WAIT;
+        loop {
+            let out = c.run(node, "testclm", args, CLIENT_WAIT);
+            if done(&out.stdout) || std::time::Instant::now() >= deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let node_get = |l: &str| l.starts_with("NODE_GET");
+    for (asker, about) in [(1, 2), (2, 3), (3, 1), (1, 1)] {
+        let id = about.to_string();
+        let out = ask(asker, &["--node-get-async", &id], &|o| {
+            o.lines()
+                .any(|l| node_get(l) && field(l, "error") == Some("Ok"))
+        });
+        let line = out.stdout.lines().find(|l| node_get(l)).unwrap_or_default();
+        assert_eq!(field(line, "error"), Some("Ok"), "node {asker}: {out}");
+        let want = format!("node{about}");
+        assert_eq!(
+            field(line, "name"),
+            Some(want.as_str()),
+            "node {asker}: {out}"
+        );
+    }
+    // And the local record and the view, as testclm --once prints them.
+    let names = |o: &str| -> Vec<String> {
+        o.lines()
+            .filter(|l| l.starts_with("NODE "))
+            .filter_map(|l| field(l, "name").map(str::to_owned))
+            .collect()
+    };
+    let out = ask(2, &["--once"], &|o| names(o).len() == 3);
+    assert!(out.success(), "{out}");
+    assert_eq!(names(&out.stdout), ["node1", "node2", "node3"], "{out}");
+    let local = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("LOCAL "))
+        .unwrap_or_default();
+    assert_eq!(field(local, "name"), Some("node2"), "{out}");
 }
