@@ -939,6 +939,18 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// Joins `t`, failing the test if it has not finished within ten seconds.
+    /// A CPG handshake asking for `v` on `client`, in a thread: its result and the
+    /// version it leaves in `v`.
+    fn handshake_in_thread(
+        client: UnixStream,
+        mut v: SaVersion,
+    ) -> JoinHandle<(Result<(), SaError>, SaVersion)> {
+        std::thread::spawn(move || {
+            let r = Connection::handshake(client, ServiceId::CPG, &mut v);
+            (r.map(|_| ()), v)
+        })
+    }
+
     fn join_within<T>(t: JoinHandle<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !t.is_finished() {
@@ -1362,15 +1374,14 @@ mod tests {
                 stream: server,
                 buf: BytesMut::new(),
             };
-            let t = std::thread::spawn(move || {
-                let mut v = SaVersion {
+            let t = handshake_in_thread(
+                client,
+                SaVersion {
                     release_code: b'B',
                     major: 3,
                     minor: 0,
-                };
-                let r = Connection::handshake(client, ServiceId::CPG, &mut v);
-                (r.map(|_| ()), v)
-            });
+                },
+            );
             if read_first {
                 peer.request();
             }
@@ -1394,15 +1405,14 @@ mod tests {
             stream: server,
             buf: BytesMut::new(),
         };
-        let t = std::thread::spawn(move || {
-            let mut v = SaVersion {
+        let t = handshake_in_thread(
+            client,
+            SaVersion {
                 release_code: b'A',
                 major: 1,
                 minor: 1,
-            };
-            let r = Connection::handshake(client, ServiceId::CPG, &mut v);
-            (r.map(|_| ()), v)
-        });
+            },
+        );
         let (_, body) = peer.request();
         let asked = Connect::decode_exact(body).unwrap();
         let (err, supported) = SaVersion::negotiate(asked.version, SaVersion::B_01_01);

@@ -8,11 +8,13 @@
 //! - [`workload`]: numbered, self-checking messages;
 //! - [`trace`]: what a run records, and its hash;
 //! - [`profile`]: Totem settings for tests;
+//! - [`alloc_count`]: a counting global allocator for allocation-per-message figures;
 //! - [`ring_bench`]: the Totem core alone on a lossless in-memory network, as fast as it
 //!   goes (the `totem-bench` binary and the `core_alloc` test);
 //! - [`swarm`]: one seed = one randomized run (faults, then heal and converge), driven by
 //!   the `sim` binary: `cargo run --release -p ais-test --bin sim -- --seeds 100`.
 
+pub mod alloc_count;
 pub mod checker;
 pub mod cluster;
 pub mod net;

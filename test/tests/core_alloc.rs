@@ -20,40 +20,9 @@
 //! One test function for both sizes: the counter is process-wide, and a second test
 //! running in parallel would add its allocations to this one's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use ais_test::alloc_count::{allocations, CountingAlloc};
 use ais_test::ring_bench::RingBench;
 use bytes::Bytes;
-
-/// Forwards to the system allocator, counting every allocation and reallocation.
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, i.e. from the system allocator, with
-        // this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s
-        // contract, which is the system allocator's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -77,9 +46,9 @@ fn measure(size: usize) -> Measured {
     let msg = Bytes::from(vec![0xA5u8; size]);
     b.run_until(&msg, |b| b.delivered_at_first >= WARM_UP);
     let (frames0, delivered0) = (b.frames, b.delivered_at_first);
-    let allocs0 = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocs0 = allocations();
     b.run_until(&msg, |b| b.delivered_at_first - delivered0 >= MEASURED);
-    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs0;
+    let allocs = allocations() - allocs0;
     let delivered = (b.delivered_at_first - delivered0) as f64;
     let frames = (b.frames - frames0) as f64;
     let m = Measured {

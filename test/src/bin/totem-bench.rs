@@ -6,37 +6,11 @@
 //!
 //! `cargo run --release -p ais-test --bin totem-bench [-- --seconds S --sizes 64,1024]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as WallClock};
 
+use ais_test::alloc_count::{allocations, CountingAlloc};
 use ais_test::ring_bench::RingBench;
 use bytes::Bytes;
-
-/// Counts heap allocations, to show that the hot path does not allocate per message.
-/// (test/tests/core_alloc.rs asserts it.)
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` or `realloc` here, i.e. from the system
-        // allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged; `ptr` and `layout` are the caller's, as
-        // `GlobalAlloc::realloc` requires.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -51,14 +25,14 @@ fn run(size: usize, seconds: f64) {
     let warm = WallClock::now();
     b.run_until(&msg, |_| warm.elapsed() >= Duration::from_millis(200));
     let (frames0, delivered0) = (b.frames, b.delivered_at_first);
-    let allocs0 = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocs0 = allocations();
     let start = WallClock::now();
     let limit = Duration::from_secs_f64(seconds);
     b.run_until(&msg, |_| start.elapsed() >= limit);
     let secs = start.elapsed().as_secs_f64();
     let delivered = b.delivered_at_first - delivered0;
     let frames = b.frames - frames0;
-    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs0;
+    let allocs = allocations() - allocs0;
     println!(
         "RESULT size={size} msgs_per_s={:.0} frames_per_msg={:.4}",
         delivered as f64 / secs,
