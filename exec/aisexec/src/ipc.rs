@@ -20,12 +20,14 @@ use std::path::Path;
 use ais_exec::{ConnId, ConnInfo, Registry};
 use ais_proto::ipc::{self, Connect, ConnectReply, CONNECT_ID};
 use ais_proto::{Decode, Encode, SaError, SaVersion, ServiceId};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry as MioRegistry, Token};
 use slab::Slab;
 use totem::Instant;
+
+use crate::outq::OutQueue;
 
 /// Bytes a connection may have waiting to be written before it is judged stuck: its
 /// output queue never holds more (a frame that would pass it closes the connection).
@@ -45,9 +47,6 @@ const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 const READ_BUDGET: usize = 256 << 10;
 /// What one read asks the kernel for.
 const READ_CHUNK: usize = 64 << 10;
-/// An output buffer this large is given back to the allocator once it is empty, so a
-/// burst does not keep its memory resident.
-const OUT_SHRINK: usize = 1 << 20;
 
 /// Who may connect, besides root and the executive's own user.
 #[derive(Clone, Debug, Default)]
@@ -157,7 +156,7 @@ struct Conn {
     /// resumed, so its requests stay in order behind `held`.
     parked: bool,
     /// Encoded frames not yet written, oldest first.
-    out: BytesMut,
+    out: OutQueue,
     /// Whether the connection is in `IpcServer::dirty` (output to flush this turn).
     dirty: bool,
     /// Whether WRITABLE interest is registered (only while output waits).
@@ -292,7 +291,7 @@ impl IpcServer {
                 inbuf: BytesMut::with_capacity(4096),
                 held: None,
                 parked: false,
-                out: BytesMut::new(),
+                out: OutQueue::default(),
                 dirty: false,
                 want_write: false,
             });
@@ -505,7 +504,7 @@ impl IpcServer {
         conn: ConnId,
         id: u32,
         error: SaError,
-        body: &[u8],
+        body: &Bytes,
         poll: &MioRegistry,
         reg: &mut Registry,
     ) {
@@ -526,14 +525,14 @@ impl IpcServer {
 
     /// Encodes a frame onto the connection in `slot`'s output; false if that would
     /// pass [`MAX_OUTPUT_BYTES`].
-    fn queue(&mut self, slot: usize, id: u32, error: SaError, body: &[u8]) -> bool {
+    fn queue(&mut self, slot: usize, id: u32, error: SaError, body: &Bytes) -> bool {
         let Some(c) = self.conns.get_mut(slot) else {
             return true;
         };
         if c.out.len() + ipc::RESPONSE_HEADER_LEN + body.len() > MAX_OUTPUT_BYTES {
             return false;
         }
-        ipc::put_response(&mut c.out, id, error, body);
+        c.out.push_frame(id, error, body);
         self.stats.peak_output = self.stats.peak_output.max(c.out.len() as u64);
         if !c.dirty {
             c.dirty = true;
@@ -576,12 +575,12 @@ impl IpcServer {
         let mut failed = None;
         if let Some(c) = self.conns.get_mut(slot) {
             while !c.out.is_empty() {
-                match c.stream.write(&c.out) {
+                match c.out.write_to(&mut c.stream) {
                     Ok(0) => {
                         failed = Some("write returned 0".to_string());
                         break;
                     }
-                    Ok(n) => c.out.advance(n),
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -589,9 +588,6 @@ impl IpcServer {
                         break;
                     }
                 }
-            }
-            if c.out.is_empty() && c.out.capacity() > OUT_SHRINK {
-                c.out = BytesMut::new();
             }
             let want = !c.out.is_empty();
             if want != c.want_write && failed.is_none() {

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod ipc;
 pub mod logging;
+pub mod outq;
 pub mod runtime;
 pub mod status;
 pub mod timer;
