@@ -881,3 +881,54 @@ fn crash_mid_sync_aborts_and_the_survivors_resync() {
     assert!(kv(&c, 1).aborts >= 1);
     assert_eq!(kv(&c, 1).map, kv(&c, 3).map);
 }
+
+// ----- the hooks every service gets -----
+
+/// A service with no tables that records its hooks; `N` is its service id, so that
+/// several can be registered side by side.
+#[derive(Default)]
+struct Probe<const N: u16> {
+    exec_inits: u32,
+}
+
+impl<const N: u16> Service for Probe<N> {
+    const ID: ServiceId = ServiceId(N);
+    const NAME: &'static str = "probe";
+    const VERSION: SaVersion = SaVersion::B_01_01;
+    const LIB: &'static [LibHandler<Self>] = &[];
+    const EXEC: &'static [ExecHandler<Self>] = &[];
+    const SYNC: bool = false;
+
+    fn exec_init(&mut self, _api: &mut Api) {
+        self.exec_inits += 1;
+    }
+}
+
+#[test]
+fn exec_init_runs_exactly_once_at_register() {
+    let mut r = Registry::new(NodeId(1));
+    r.register(Probe::<50>::default());
+    let inits = |r: &Registry| r.service::<Probe<50>>().map(|p| p.exec_inits);
+    // At register, before any event reaches the registry.
+    assert_eq!(inits(&r), Some(1));
+
+    // Nothing that follows runs it again: other services registering, connections,
+    // configuration changes, deliveries, timers.
+    r.register(Kv::default());
+    r.register(Probe::<51>::default());
+    let conn = ConnId(7);
+    r.lib_connect(conn, ServiceId(50), ConnInfo::default())
+        .unwrap();
+    r.confchg(&transitional(4, &[1]));
+    r.confchg(&regular(4, &[1]));
+    let mut out = vec![Vec::new()];
+    exchange(std::slice::from_mut(&mut r), &mut out);
+    assert!(r.is_synced());
+    r.deliver(NodeId(1), Bytes::from_static(&[0, 50, 0, 0]));
+    r.handle_timeout(Instant(1_000_000));
+    r.lib_disconnect(conn);
+    r.confchg(&transitional(8, &[1]));
+    r.confchg(&regular(8, &[1]));
+    assert_eq!(inits(&r), Some(1));
+    assert_eq!(r.service::<Probe<51>>().map(|p| p.exec_inits), Some(1));
+}
