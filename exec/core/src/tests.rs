@@ -889,6 +889,8 @@ fn crash_mid_sync_aborts_and_the_survivors_resync() {
 #[derive(Default)]
 struct Probe<const N: u16> {
     exec_inits: u32,
+    /// Every configuration change, as it came.
+    confchgs: Vec<ConfChange>,
 }
 
 impl<const N: u16> Service for Probe<N> {
@@ -901,6 +903,10 @@ impl<const N: u16> Service for Probe<N> {
 
     fn exec_init(&mut self, _api: &mut Api) {
         self.exec_inits += 1;
+    }
+
+    fn confchg(&mut self, _api: &mut Api, change: &ConfChange) {
+        self.confchgs.push(change.clone());
     }
 }
 
@@ -931,4 +937,63 @@ fn exec_init_runs_exactly_once_at_register() {
     r.confchg(&regular(8, &[1]));
     assert_eq!(inits(&r), Some(1));
     assert_eq!(r.service::<Probe<51>>().map(|p| p.exec_inits), Some(1));
+}
+
+fn probe_confchgs<const N: u16>(r: &Registry) -> Vec<ConfChange> {
+    r.service::<Probe<N>>()
+        .map(|p| p.confchgs.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_service_sees_the_transitional_then_the_regular_configuration() {
+    let mut r = Registry::new(NodeId(1));
+    r.register(Probe::<50>::default());
+    r.register(Kv::default());
+    r.register(Probe::<51>::default());
+    let changes = [
+        transitional(4, &[1]),
+        regular(4, &[1, 2, 3]),
+        transitional(8, &[1, 3]),
+        regular(8, &[1, 3]),
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        r.confchg(change);
+        // Each has reached both services before the next is fed.
+        assert_eq!(probe_confchgs::<50>(&r), changes[..=i]);
+        assert_eq!(probe_confchgs::<51>(&r), changes[..=i]);
+    }
+}
+
+#[test]
+fn every_service_sees_every_configuration_of_real_totem_in_order() {
+    let mut c = TestCluster::new(3, |r| {
+        r.register(Probe::<50>::default());
+        r.register(Probe::<51>::default());
+    });
+    assert!(c.settle(&all(3), 5_000), "no stable ring");
+    c.crash(3);
+    assert!(c.settle(&[1, 2], 10_000), "survivors did not reform");
+    for n in [1, 2] {
+        let seen = probe_confchgs::<50>(c.registry(n));
+        assert_eq!(seen, probe_confchgs::<51>(c.registry(n)), "node {n}");
+        // Pairs, each a transitional configuration then its regular one: the first
+        // ring, then the one without node 3.
+        let kinds: Vec<ConfKind> = seen.iter().map(|ch| ch.kind).collect();
+        assert!(
+            kinds.len() >= 4 && kinds.len().is_multiple_of(2),
+            "node {n}: {kinds:?}"
+        );
+        for pair in kinds.chunks(2) {
+            assert_eq!(
+                pair,
+                [ConfKind::Transitional, ConfKind::Regular],
+                "node {n}: {kinds:?}"
+            );
+        }
+        assert_eq!(
+            seen[seen.len() - 1].members,
+            [NodeId(1), NodeId(2)].into_iter().collect()
+        );
+    }
 }
