@@ -205,6 +205,74 @@ fn join_mcast_and_queries_on_a_one_node_group() {
     });
 }
 
+/// Whether `cpg`'s selection fd becomes readable within `timeout` (poll, POLLIN).
+fn readable_within(cpg: &Cpg, timeout: Duration) -> bool {
+    let fd = cpg.fd().unwrap();
+    // SAFETY: `fd` is the socket of `cpg`, which is alive (and not finalized) for the
+    // whole call; the borrow ends with it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    let n = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+    n == 1 && fds[0].revents().contains(rustix::event::PollFlags::IN)
+}
+
+#[test]
+fn the_selection_fd_is_readable_exactly_when_a_callback_waits_on_it() {
+    let exec = FakeExec::start(Mode::Normal);
+    let path = exec.path().to_owned();
+    within(move || {
+        let (callbacks, rx) = recorder();
+        let a = Cpg::initialize_at(&path, callbacks).unwrap();
+        assert!(
+            !readable_within(&a, Duration::from_millis(100)),
+            "readable before any callback"
+        );
+        let g = group("polled");
+        a.join(&g).unwrap();
+        // Its own join's callback may have been read with the join's answer: dispatch
+        // until it has run, then nothing is left, in the library or on the socket.
+        assert!(matches!(next_event(&a, &rx), Ev::Confchg { .. }));
+        assert_eq!(a.callbacks_pending(), Ok(false));
+        assert!(
+            !readable_within(&a, Duration::from_millis(100)),
+            "readable with every callback dispatched"
+        );
+
+        // Another member's join and message reach `a` while it makes no request: only
+        // the socket can tell.
+        let b = Cpg::initialize_at(&path, CpgCallbacks::default()).unwrap();
+        b.join(&g).unwrap();
+        b.mcast_joined(Guarantee::Agreed, b"polled").unwrap();
+        assert_eq!(b.local_get(), Ok(NODEID)); // the multicast has been answered
+        assert!(rx.try_recv().is_err(), "callbacks run only in dispatch");
+        assert!(
+            readable_within(&a, Duration::from_secs(2)),
+            "not readable with callbacks sent"
+        );
+        a.dispatch(DispatchFlags::All).unwrap();
+        let got: Vec<Ev> = rx.try_iter().collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            matches!(&got[0], Ev::Confchg { joined, .. } if joined.len() == 1),
+            "{got:?}"
+        );
+        assert_eq!(got[1], deliver(&g, b"polled"));
+        assert!(
+            !readable_within(&a, Duration::from_millis(100)),
+            "still readable after dispatch(All)"
+        );
+        b.finalize().unwrap();
+        a.finalize().unwrap();
+    });
+}
+
 #[test]
 fn callbacks_that_arrive_during_requests_are_queued_and_dispatched_in_order() {
     let exec = FakeExec::start(Mode::CallbacksFirst);

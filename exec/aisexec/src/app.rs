@@ -395,6 +395,60 @@ mod tests {
         assert_eq!(connections_within(Some(10)), 1);
     }
 
+    fn with_user(user: Option<String>, group: Option<String>) -> Config {
+        let mut cfg = Config::embedded_default();
+        cfg.aisexec.user = user;
+        cfg.aisexec.group = group;
+        cfg
+    }
+
+    fn ids() -> (u32, u32) {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    }
+
+    #[test]
+    fn the_user_and_group_the_executive_runs_as_are_accepted() {
+        let (uid, gid) = ids();
+        assert_eq!(check_user(&with_user(None, None)), Ok(()));
+        assert_eq!(
+            check_user(&with_user(Some(uid.to_string()), Some(gid.to_string()))),
+            Ok(())
+        );
+        assert_eq!(check_user(&with_user(Some(uid.to_string()), None)), Ok(()));
+        assert_eq!(check_user(&with_user(None, Some(gid.to_string()))), Ok(()));
+        // By name too, when this account has one.
+        let name = std::fs::read_to_string("/etc/passwd")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            });
+        if let Some(name) = name {
+            assert_eq!(check_user(&with_user(Some(name), None)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn another_or_unknown_user_or_group_is_refused_naming_the_key() {
+        let (uid, gid) = ids();
+        let refused = |user: Option<String>, group: Option<String>, key: &str| {
+            let e = check_user(&with_user(user.clone(), group.clone()))
+                .expect_err(&format!("user {user:?} group {group:?} accepted"));
+            assert!(e.contains(key), "{e:?} does not name {key}");
+        };
+        let no_such = "no-such-account-here".to_string();
+        refused(Some(no_such.clone()), None, "aisexec.user");
+        refused(Some(uid.wrapping_add(1).to_string()), None, "aisexec.user");
+        refused(None, Some(no_such.clone()), "aisexec.group");
+        refused(None, Some(gid.wrapping_add(1).to_string()), "aisexec.group");
+        // The right user does not excuse a wrong group.
+        refused(Some(uid.to_string()), Some(no_such), "aisexec.group");
+    }
+
     #[test]
     fn ids_resolve_from_numbers_and_names() {
         assert_eq!(lookup_id("/etc/passwd", "0"), Some(0));

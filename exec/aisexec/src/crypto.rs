@@ -158,6 +158,11 @@ mod tests {
         let other = FrameCrypto::from_key_material(&[8u8; 128]).unwrap();
         let sealed = a.seal(b"totem frame");
         assert_eq!(sealed.len(), 11 + OVERHEAD);
+        // Encrypted, not only authenticated: the plaintext is nowhere in the sealed bytes.
+        assert!(
+            !sealed.windows(11).any(|w| w == b"totem frame"),
+            "plaintext in {sealed:?}"
+        );
         assert_eq!(b.open(&sealed).as_deref(), Some(&b"totem frame"[..]));
         assert_eq!(other.open(&sealed), None);
         let mut tampered = sealed.to_vec();
@@ -165,6 +170,30 @@ mod tests {
         assert_eq!(b.open(&tampered), None);
         assert_eq!(b.open(&sealed[..10]), None);
         assert_ne!(a.seal(b"x")[..24], a.seal(b"x")[..24], "nonces differ");
+    }
+
+    #[test]
+    fn no_piece_of_a_frame_survives_sealing() {
+        let mut a = FrameCrypto::from_key_material(&[7u8; 128]).unwrap();
+        let b = FrameCrypto::from_key_material(&[7u8; 128]).unwrap();
+        // A frame like Totem's: headers, zero runs, a repeated payload.
+        let mut frame = vec![0u8; 64];
+        frame.extend((0..1400u32).map(|i| (i % 251) as u8));
+        for _ in 0..3 {
+            let sealed = a.seal(&frame);
+            assert_eq!(sealed.len(), frame.len() + OVERHEAD);
+            // Not one 8-byte piece of it in the ciphertext (chance 2^-64 per pair). The
+            // nonce is left out: its counter holds a run of zeros, as the frame does.
+            let body = &sealed[NONCE_LEN..sealed.len() - TAG_LEN];
+            for piece in frame.windows(8).step_by(4) {
+                assert!(
+                    !body.windows(8).any(|w| w == piece),
+                    "{piece:?} left in clear"
+                );
+            }
+            assert_ne!(body, &frame[..]);
+            assert_eq!(b.open(&sealed).as_deref(), Some(&frame[..]));
+        }
     }
 
     #[test]

@@ -881,3 +881,119 @@ fn crash_mid_sync_aborts_and_the_survivors_resync() {
     assert!(kv(&c, 1).aborts >= 1);
     assert_eq!(kv(&c, 1).map, kv(&c, 3).map);
 }
+
+// ----- the hooks every service gets -----
+
+/// A service with no tables that records its hooks; `N` is its service id, so that
+/// several can be registered side by side.
+#[derive(Default)]
+struct Probe<const N: u16> {
+    exec_inits: u32,
+    /// Every configuration change, as it came.
+    confchgs: Vec<ConfChange>,
+}
+
+impl<const N: u16> Service for Probe<N> {
+    const ID: ServiceId = ServiceId(N);
+    const NAME: &'static str = "probe";
+    const VERSION: SaVersion = SaVersion::B_01_01;
+    const LIB: &'static [LibHandler<Self>] = &[];
+    const EXEC: &'static [ExecHandler<Self>] = &[];
+    const SYNC: bool = false;
+
+    fn exec_init(&mut self, _api: &mut Api) {
+        self.exec_inits += 1;
+    }
+
+    fn confchg(&mut self, _api: &mut Api, change: &ConfChange) {
+        self.confchgs.push(change.clone());
+    }
+}
+
+#[test]
+fn exec_init_runs_exactly_once_at_register() {
+    let mut r = Registry::new(NodeId(1));
+    r.register(Probe::<50>::default());
+    let inits = |r: &Registry| r.service::<Probe<50>>().map(|p| p.exec_inits);
+    // At register, before any event reaches the registry.
+    assert_eq!(inits(&r), Some(1));
+
+    // Nothing that follows runs it again: other services registering, connections,
+    // configuration changes, deliveries, timers.
+    r.register(Kv::default());
+    r.register(Probe::<51>::default());
+    let conn = ConnId(7);
+    r.lib_connect(conn, ServiceId(50), ConnInfo::default())
+        .unwrap();
+    r.confchg(&transitional(4, &[1]));
+    r.confchg(&regular(4, &[1]));
+    let mut out = vec![Vec::new()];
+    exchange(std::slice::from_mut(&mut r), &mut out);
+    assert!(r.is_synced());
+    r.deliver(NodeId(1), Bytes::from_static(&[0, 50, 0, 0]));
+    r.handle_timeout(Instant(1_000_000));
+    r.lib_disconnect(conn);
+    r.confchg(&transitional(8, &[1]));
+    r.confchg(&regular(8, &[1]));
+    assert_eq!(inits(&r), Some(1));
+    assert_eq!(r.service::<Probe<51>>().map(|p| p.exec_inits), Some(1));
+}
+
+fn probe_confchgs<const N: u16>(r: &Registry) -> Vec<ConfChange> {
+    r.service::<Probe<N>>()
+        .map(|p| p.confchgs.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_service_sees_the_transitional_then_the_regular_configuration() {
+    let mut r = Registry::new(NodeId(1));
+    r.register(Probe::<50>::default());
+    r.register(Kv::default());
+    r.register(Probe::<51>::default());
+    let changes = [
+        transitional(4, &[1]),
+        regular(4, &[1, 2, 3]),
+        transitional(8, &[1, 3]),
+        regular(8, &[1, 3]),
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        r.confchg(change);
+        // Each has reached both services before the next is fed.
+        assert_eq!(probe_confchgs::<50>(&r), changes[..=i]);
+        assert_eq!(probe_confchgs::<51>(&r), changes[..=i]);
+    }
+}
+
+#[test]
+fn every_service_sees_every_configuration_of_real_totem_in_order() {
+    let mut c = TestCluster::new(3, |r| {
+        r.register(Probe::<50>::default());
+        r.register(Probe::<51>::default());
+    });
+    assert!(c.settle(&all(3), 5_000), "no stable ring");
+    c.crash(3);
+    assert!(c.settle(&[1, 2], 10_000), "survivors did not reform");
+    for n in [1, 2] {
+        let seen = probe_confchgs::<50>(c.registry(n));
+        assert_eq!(seen, probe_confchgs::<51>(c.registry(n)), "node {n}");
+        // Pairs, each a transitional configuration then its regular one: the first
+        // ring, then the one without node 3.
+        let kinds: Vec<ConfKind> = seen.iter().map(|ch| ch.kind).collect();
+        assert!(
+            kinds.len() >= 4 && kinds.len().is_multiple_of(2),
+            "node {n}: {kinds:?}"
+        );
+        for pair in kinds.chunks(2) {
+            assert_eq!(
+                pair,
+                [ConfKind::Transitional, ConfKind::Regular],
+                "node {n}: {kinds:?}"
+            );
+        }
+        assert_eq!(
+            seen[seen.len() - 1].members,
+            [NodeId(1), NodeId(2)].into_iter().collect()
+        );
+    }
+}

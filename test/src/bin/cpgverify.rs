@@ -94,7 +94,16 @@ fn check(state: &mut State, nodeid: u32, pid: u32, msg: &[u8]) {
         );
         state.errors += 1;
     }
-    *next = seq + 1;
+    *next = seq.wrapping_add(1);
+}
+
+/// The exit status of a finished run: success only when no delivery was in error.
+fn verdict(errors: u64) -> ExitCode {
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 struct Args {
@@ -237,9 +246,101 @@ fn main() -> ExitCode {
         "VERIFY node={nodeid} delivered={} hash={:016x} errors={}",
         s.delivered, s.hash, s.errors
     );
-    if s.errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    verdict(s.errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: u32 = 3;
+    const PID: u32 = 77;
+
+    fn fresh() -> State {
+        State {
+            hash: 0xcbf2_9ce4_8422_2325,
+            ..State::default()
+        }
+    }
+
+    /// Feeds the messages of `seqs` from NODE:PID, each built as the senders build them.
+    fn feed(state: &mut State, seqs: &[u32], size: usize) {
+        for &seq in seqs {
+            check(state, NODE, PID, &message(NODE, seq, size));
+        }
+    }
+
+    #[test]
+    fn a_clean_stream_has_no_errors() {
+        let mut s = fresh();
+        feed(&mut s, &[0, 1, 2, 3, 4], 64);
+        // A second sender's stream is numbered on its own.
+        check(&mut s, NODE, PID + 1, &message(NODE, 0, 200));
+        check(&mut s, NODE, PID + 1, &message(NODE, 1, 200));
+        assert_eq!(s.errors, 0);
+        assert_eq!(s.delivered, 7);
+        assert_eq!(s.next.get(&(NODE, PID)), Some(&5));
+        assert_eq!(s.next.get(&(NODE, PID + 1)), Some(&2));
+    }
+
+    #[test]
+    fn a_bad_checksum_is_an_error() {
+        let mut s = fresh();
+        feed(&mut s, &[0], 64);
+        let mut bad = message(NODE, 1, 64);
+        bad[HEADER + 5] ^= 0x40;
+        check(&mut s, NODE, PID, &bad);
+        assert_eq!(s.errors, 1);
+        // A corrupted message does not advance the sequence: the next good one is #1.
+        feed(&mut s, &[1], 64);
+        assert_eq!(s.errors, 1);
+    }
+
+    #[test]
+    fn other_corruptions_are_errors() {
+        let mut s = fresh();
+        // Too short for a header, wrong magic, sent by another node, length field wrong.
+        check(&mut s, NODE, PID, &[0; HEADER - 1]);
+        let mut magic = message(NODE, 0, 64);
+        magic[0] ^= 1;
+        check(&mut s, NODE, PID, &magic);
+        check(&mut s, NODE, PID, &message(NODE + 1, 0, 64));
+        let mut cut = message(NODE, 0, 64);
+        cut.pop();
+        check(&mut s, NODE, PID, &cut);
+        assert_eq!(s.errors, 4);
+        assert_eq!(s.delivered, 4);
+    }
+
+    #[test]
+    fn a_repeated_sequence_number_is_an_error() {
+        let mut s = fresh();
+        feed(&mut s, &[0, 1, 1, 2], 64);
+        assert_eq!(s.errors, 1);
+    }
+
+    #[test]
+    fn a_skipped_sequence_number_is_an_error() {
+        let mut s = fresh();
+        feed(&mut s, &[0, 1, 3, 4], 64);
+        assert_eq!(s.errors, 1);
+        assert_eq!(s.next.get(&(NODE, PID)), Some(&5));
+    }
+
+    /// The sequence number comes from the network: u32::MAX must not overflow (a panic
+    /// where overflow checks are on, as in debug test builds).
+    #[test]
+    fn the_last_sequence_number_does_not_overflow() {
+        let mut s = fresh();
+        feed(&mut s, &[u32::MAX], 64);
+        assert_eq!(s.errors, 1);
+        assert_eq!(s.next.get(&(NODE, PID)), Some(&0));
+    }
+
+    #[test]
+    fn errors_make_the_exit_status_a_failure() {
+        assert_eq!(verdict(0), ExitCode::SUCCESS);
+        assert_eq!(verdict(1), ExitCode::FAILURE);
+        assert_eq!(verdict(u64::MAX), ExitCode::FAILURE);
     }
 }
