@@ -290,6 +290,19 @@ impl Encode for DeliverCb {
     }
 }
 
+impl DeliverCb {
+    /// The encoding in two parts: everything up to the message's length, then the
+    /// message itself (the same bytes as `to_bytes`, without copying `data`).
+    pub fn split_encode(self) -> (Bytes, Bytes) {
+        let mut head = BytesMut::with_capacity(self.group.size_hint() + 12);
+        self.group.encode(&mut head);
+        head.put_u32(self.nodeid);
+        head.put_u32(self.pid);
+        head.put_u32(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+        (head.freeze(), self.data)
+    }
+}
+
 impl Decode for DeliverCb {
     fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         Ok(DeliverCb {
@@ -346,6 +359,25 @@ mod tests {
                 T::decode_exact(bytes.slice(..cut)).is_err(),
                 "truncated at {cut}"
             );
+        }
+    }
+
+    #[test]
+    fn a_split_deliver_callback_is_its_whole_encoding() {
+        for len in [0, 5, 70_000] {
+            let cb = DeliverCb {
+                group: g("grp"),
+                nodeid: 7,
+                pid: 99,
+                data: Bytes::from(vec![0x5A; len]),
+            };
+            let whole = cb.to_bytes();
+            let data = cb.data.clone();
+            let (head, tail) = cb.split_encode();
+            assert_eq!(tail.as_ptr(), data.as_ptr(), "the message is not copied");
+            let mut joined = head.to_vec();
+            joined.extend_from_slice(&tail);
+            assert_eq!(joined, whole.to_vec(), "{len} bytes");
         }
     }
 

@@ -624,15 +624,17 @@ impl Cpg {
         if to.is_empty() {
             return;
         }
-        let body = DeliverCb {
+        // The callback is DeliverCb's encoding; its last field, the message, goes as the
+        // tail so that it is not copied on its way to the clients.
+        let (head, data) = DeliverCb {
             group: m.group,
             nodeid: origin.0,
             pid: m.pid,
             data: m.data,
         }
-        .to_bytes();
+        .split_encode();
         for conn in to {
-            api.dispatch(conn, cb::DELIVER, body.clone());
+            api.dispatch_with_tail(conn, cb::DELIVER, head.clone(), data.clone());
         }
     }
 

@@ -422,6 +422,7 @@ impl Sim {
                 conn,
                 id: cb::TRACK,
                 body,
+                ..
             } if TRACKERS.iter().any(|t| t.0 == conn) => {
                 let k = usize::from(conn == TRACKERS[1].0);
                 match TrackCb::decode_exact(body) {
@@ -451,6 +452,7 @@ impl Sim {
                 conn,
                 id: memb_wire::cb::EVENT,
                 body,
+                ..
             } if node.memb_conns.contains_key(&conn) => {
                 self.hash.write(&body);
                 let event = match MembEvent::decode_exact(body) {

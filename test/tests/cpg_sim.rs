@@ -361,7 +361,13 @@ impl Sim {
         let node = self.nodes[n as usize - 1].as_mut().expect("up");
         match e {
             Effect::Mcast { msg, .. } => node.pending.push_back(msg),
-            Effect::Dispatch { conn, id, body } => {
+            Effect::Dispatch {
+                conn,
+                id,
+                body,
+                tail,
+            } => {
+                let body = ais_exec::callback_body(&body, &tail);
                 let Some(client) = node.clients.iter().find(|c| c.conn == conn) else {
                     return;
                 };

@@ -233,11 +233,16 @@ impl Daemon {
                     } => self
                         .ipc
                         .send(conn, id, error, &body, poll.registry(), &mut self.registry),
-                    Effect::Dispatch { conn, id, body } => self.ipc.send(
+                    Effect::Dispatch {
+                        conn,
+                        id,
+                        body,
+                        tail,
+                    } => self.ipc.send_parts(
                         conn,
                         id | CALLBACK_FLAG,
                         ais_proto::SaError::Ok,
-                        &body,
+                        (&body, &tail),
                         poll.registry(),
                         &mut self.registry,
                     ),

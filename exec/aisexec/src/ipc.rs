@@ -462,7 +462,7 @@ impl IpcServer {
                     let reply = ConnectReply { version }.to_bytes();
                     debug!(target: "ipc", "connection {} asks service {} version {}: {error}", conn_id.0, connect.service, connect.version);
                     // A fresh connection's buffer is far below the bound.
-                    self.queue(slot, CONNECT_ID, error, &reply);
+                    self.queue(slot, CONNECT_ID, error, &reply, &Bytes::new());
                     if error != SaError::Ok {
                         return Err(Stop::Refused(format!(
                             "handshake for service {} version {} refused: {error} (supported {version})",
@@ -508,10 +508,24 @@ impl IpcServer {
         poll: &MioRegistry,
         reg: &mut Registry,
     ) {
+        self.send_parts(conn, id, error, (body, &Bytes::new()), poll, reg);
+    }
+
+    /// As [`IpcServer::send`], for a frame whose body is `parts.0` followed by
+    /// `parts.1` (a callback with a tail: see `ais_exec::Effect::Dispatch`).
+    pub fn send_parts(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        error: SaError,
+        parts: (&Bytes, &Bytes),
+        poll: &MioRegistry,
+        reg: &mut Registry,
+    ) {
         let Some(&slot) = self.by_id.get(&conn) else {
             return; // closed meanwhile: the registry was told then
         };
-        if !self.queue(slot, id, error, body) {
+        if !self.queue(slot, id, error, parts.0, parts.1) {
             self.stats.closed_slow += 1;
             self.close(
                 slot,
@@ -525,14 +539,14 @@ impl IpcServer {
 
     /// Encodes a frame onto the connection in `slot`'s output; false if that would
     /// pass [`MAX_OUTPUT_BYTES`].
-    fn queue(&mut self, slot: usize, id: u32, error: SaError, body: &Bytes) -> bool {
+    fn queue(&mut self, slot: usize, id: u32, error: SaError, body: &Bytes, tail: &Bytes) -> bool {
         let Some(c) = self.conns.get_mut(slot) else {
             return true;
         };
-        if c.out.len() + ipc::RESPONSE_HEADER_LEN + body.len() > MAX_OUTPUT_BYTES {
+        if c.out.len() + ipc::RESPONSE_HEADER_LEN + body.len() + tail.len() > MAX_OUTPUT_BYTES {
             return false;
         }
-        c.out.push_frame(id, error, body);
+        c.out.push_frame_parts(id, error, body, tail);
         self.stats.peak_output = self.stats.peak_output.max(c.out.len() as u64);
         if !c.dirty {
             c.dirty = true;
@@ -812,11 +826,16 @@ mod tests {
                         error,
                         body,
                     } => self.server.send(conn, id, error, &body, reg, &mut self.reg),
-                    ais_exec::Effect::Dispatch { conn, id, body } => self.server.send(
+                    ais_exec::Effect::Dispatch {
+                        conn,
+                        id,
+                        body,
+                        tail,
+                    } => self.server.send_parts(
                         conn,
                         id | ipc::CALLBACK_FLAG,
                         SaError::Ok,
-                        &body,
+                        (&body, &tail),
                         reg,
                         &mut self.reg,
                     ),

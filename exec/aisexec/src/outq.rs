@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use ais_proto::ipc::{self, RESPONSE_HEADER_LEN};
+use ais_proto::ipc::RESPONSE_HEADER_LEN;
 use ais_proto::SaError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -44,19 +44,34 @@ impl OutQueue {
 
     /// Appends one frame: header (length, id, error) and `body`.
     pub fn push_frame(&mut self, id: u32, error: SaError, body: &Bytes) {
-        if body.len() < ZERO_COPY_MIN {
-            ipc::put_response(&mut self.tail, id, error, body);
-        } else {
-            // The header alone: its length field counts the body that follows.
-            let total = RESPONSE_HEADER_LEN + body.len();
-            self.tail.reserve(RESPONSE_HEADER_LEN);
-            self.tail.put_u32(total as u32);
-            self.tail.put_u32(id);
-            self.tail.put_u32(error.as_u32());
-            self.chunks.push_back(self.tail.split().freeze());
-            self.chunks.push_back(body.clone());
+        self.push_frame_parts(id, error, body, &Bytes::new());
+    }
+
+    /// Appends one frame whose body is `body` followed by `tail`.
+    pub fn push_frame_parts(&mut self, id: u32, error: SaError, body: &Bytes, tail: &Bytes) {
+        let total = RESPONSE_HEADER_LEN + body.len() + tail.len();
+        if total < ZERO_COPY_MIN {
+            self.tail.reserve(total);
         }
-        self.len += RESPONSE_HEADER_LEN + body.len();
+        // The header's length field counts both parts.
+        self.tail.put_u32(total as u32);
+        self.tail.put_u32(id);
+        self.tail.put_u32(error.as_u32());
+        self.put_part(body);
+        self.put_part(tail);
+        self.len += total;
+    }
+
+    /// Copies a small part into the buffer; queues a large one as it is.
+    fn put_part(&mut self, part: &Bytes) {
+        if part.len() < ZERO_COPY_MIN {
+            self.tail.extend_from_slice(part);
+        } else {
+            if !self.tail.is_empty() {
+                self.chunks.push_back(self.tail.split().freeze());
+            }
+            self.chunks.push_back(part.clone());
+        }
     }
 
     /// Writes as much as `w` takes in one vectored write; returns how many bytes.
@@ -97,6 +112,7 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ais_proto::ipc;
 
     /// A writer taking at most `max` bytes per call, recording everything.
     struct Trickle {
@@ -167,6 +183,33 @@ mod tests {
             }
             assert_eq!(w.got, want, "max {max}");
         }
+    }
+
+    #[test]
+    fn a_frame_in_two_parts_is_the_frame_of_their_concatenation() {
+        let large = Bytes::from(vec![3u8; ZERO_COPY_MIN + 5]);
+        let head = Bytes::from_static(b"head");
+        for tail in [Bytes::new(), Bytes::from_static(b"tail"), large.clone()] {
+            let mut whole = BytesMut::new();
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(&tail);
+            let want = encoded(&[(6, whole.freeze())]);
+            let mut q = OutQueue::default();
+            q.push_frame_parts(6, SaError::Ok, &head, &tail);
+            assert_eq!(q.len(), want.len());
+            let mut w = Trickle {
+                max: 1000,
+                got: Vec::new(),
+                calls: 0,
+            };
+            while !q.is_empty() {
+                q.write_to(&mut w).unwrap();
+            }
+            assert_eq!(w.got, want);
+        }
+        let mut q = OutQueue::default();
+        q.push_frame_parts(6, SaError::Ok, &head, &large);
+        assert_eq!(q.chunks.back().map(|c| c.as_ptr()), Some(large.as_ptr()));
     }
 
     #[test]

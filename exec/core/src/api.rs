@@ -35,9 +35,31 @@ pub enum Effect {
     /// An asynchronous callback `id` for `conn`'s dispatch. `id` is the service's
     /// callback id without `ais_proto::ipc::CALLBACK_FLAG`: the daemon sets the flag when
     /// it frames it (with error `Ok`).
-    Dispatch { conn: ConnId, id: u32, body: Bytes },
+    ///
+    /// The callback's body is `body` followed by `tail`: a service that forwards a large
+    /// payload it was given (a delivered message) puts it in `tail`, so that it reaches
+    /// the client's socket without being copied into a new buffer first. Code that
+    /// decodes callbacks joins the two with [`callback_body`].
+    Dispatch {
+        conn: ConnId,
+        id: u32,
+        body: Bytes,
+        tail: Bytes,
+    },
     /// Close `conn`; the daemon then calls [`crate::Registry::lib_disconnect`].
     Disconnect { conn: ConnId },
+}
+
+/// The whole body of a callback effect: `body` followed by `tail` (a copy only when
+/// `tail` is not empty).
+pub fn callback_body(body: &Bytes, tail: &Bytes) -> Bytes {
+    if tail.is_empty() {
+        return body.clone();
+    }
+    let mut whole = bytes::BytesMut::with_capacity(body.len() + tail.len());
+    whole.extend_from_slice(body);
+    whole.extend_from_slice(tail);
+    whole.freeze()
 }
 
 /// A service timer, from [`Api::timer_add`].
@@ -174,7 +196,18 @@ impl Api {
 
     /// Sends callback `id` (without the IPC callback flag) to `conn`.
     pub fn dispatch(&mut self, conn: ConnId, id: u32, body: Bytes) {
-        self.effects.push_back(Effect::Dispatch { conn, id, body });
+        self.dispatch_with_tail(conn, id, body, Bytes::new());
+    }
+
+    /// Sends callback `id` to `conn` with the body `body` followed by `tail`, which is
+    /// passed on as it is (see [`Effect::Dispatch`]).
+    pub fn dispatch_with_tail(&mut self, conn: ConnId, id: u32, body: Bytes, tail: Bytes) {
+        self.effects.push_back(Effect::Dispatch {
+            conn,
+            id,
+            body,
+            tail,
+        });
     }
 
     /// Asks the daemon to close `conn` (a misbehaving client).

@@ -27,7 +27,7 @@ mod service;
 pub mod sync;
 pub mod testkit;
 
-pub use api::{Api, Effect, TimerId};
+pub use api::{callback_body, Api, Effect, TimerId};
 pub use host::{Counter, HostStatus};
 pub use quorum::{QuorumPolicy, QuorumState};
 pub use registry::{Registry, Stats};

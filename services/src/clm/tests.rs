@@ -66,7 +66,9 @@ fn take(c: &mut TestCluster, n: u32, conn: ConnId) -> Vec<Got> {
                 error,
                 body,
             } if k == conn => Some(Got::Res(id, error, body)),
-            Effect::Dispatch { conn: k, id, body } if k == conn => Some(match id {
+            Effect::Dispatch {
+                conn: k, id, body, ..
+            } if k == conn => Some(match id {
                 cb::TRACK => Got::Track(TrackCb::decode_exact(body).expect("track decodes")),
                 cb::NODE_GET => {
                     Got::NodeGet(NodeGetCb::decode_exact(body).expect("node get decodes"))
@@ -317,6 +319,7 @@ fn tracking_started_before_the_first_view_gets_it_with_every_member_joined() {
                     conn: k,
                     id: cb::TRACK,
                     body,
+                    ..
                 } if *k == conn => Some(TrackCb::decode_exact(body.clone()).unwrap()),
                 _ => None,
             })

@@ -31,13 +31,19 @@ fn decode_for(outputs: &[Effect], conn: ConnId) -> Vec<Got> {
                 error,
                 body,
             } if *c == conn => Some(Got::Res(*id, *error, body.clone())),
-            Effect::Dispatch { conn: c, id, body } if *c == conn => Some(match *id {
+            Effect::Dispatch {
+                conn: c,
+                id,
+                body,
+                tail,
+            } if *c == conn => Some(match *id {
                 cb::CONFCHG => {
                     Got::Confchg(ConfchgCb::decode_exact(body.clone()).expect("confchg decodes"))
                 }
-                cb::DELIVER => {
-                    Got::Deliver(DeliverCb::decode_exact(body.clone()).expect("deliver decodes"))
-                }
+                cb::DELIVER => Got::Deliver(
+                    DeliverCb::decode_exact(ais_exec::callback_body(body, tail))
+                        .expect("deliver decodes"),
+                ),
                 other => panic!("unknown callback {other}"),
             }),
             _ => None,

@@ -60,7 +60,9 @@ fn events(c: &mut TestCluster, n: u32, conn: ConnId) -> Vec<MembEvent> {
     c.take_outputs(n)
         .into_iter()
         .filter_map(|e| match e {
-            Effect::Dispatch { conn: k, id, body } if k == conn => {
+            Effect::Dispatch {
+                conn: k, id, body, ..
+            } if k == conn => {
                 assert_eq!(id, cb::EVENT);
                 Some(MembEvent::decode_exact(body).expect("event decodes"))
             }
