@@ -11,7 +11,7 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 
 use crate::event::{Dest, Event, MembState};
-use crate::srp::{Srp, Timer};
+use crate::srp::{Holding, Srp, Timer};
 use crate::store::{Held, RingStore, MAX_WINDOW};
 use crate::types::NodeId;
 use crate::wire::{
@@ -116,20 +116,27 @@ impl Srp {
         if am_rep && self.idle_visits > self.p.seqno_unchanged_const && self.packer.is_empty() {
             // An idle ring: sit on the token for a while instead of spinning it.
             self.send_all(trailing);
-            self.held_token = Some(tok);
-            self.lingering = false;
+            self.held_token = Some((tok, Holding::Idle));
             self.set_timer(Timer::Hold, self.p.hold_us);
             return;
         }
         // A member asked for the token since our last visit: it waits, do not linger.
         let asked = std::mem::take(&mut self.cancel_seen);
-        if originated > 0 && !asked {
+        let may_linger = originated > 0 && !asked;
+        if may_linger {
             self.linger_deadline = self.now.plus_micros(self.p.linger_visit_us);
-            if self.may_linger(&tok) {
-                self.send_all(trailing);
-                self.linger(tok);
-                return;
-            }
+        }
+        self.end_visit(tok, trailing, may_linger);
+    }
+
+    /// Ends a visit that has sent its leading frames: lingers with the token when
+    /// `may_linger` and the conditions of [`Srp::may_linger`] hold, else passes it on;
+    /// then sends the frames that follow the token.
+    fn end_visit(&mut self, tok: Token, trailing: Vec<Bytes>, may_linger: bool) {
+        if may_linger && self.may_linger(&tok) {
+            self.send_all(trailing);
+            self.linger(tok);
+            return;
         }
         self.forward_token(tok);
         self.send_all(trailing);
@@ -150,8 +157,7 @@ impl Srp {
     /// deadline.
     fn linger(&mut self, tok: Token) {
         self.stats.token_lingers += 1;
-        self.held_token = Some(tok);
-        self.lingering = true;
+        self.held_token = Some((tok, Holding::Linger));
         let left = self.linger_deadline.micros_since(self.now);
         self.set_timer(Timer::Hold, self.p.linger_us.min(left));
     }
@@ -384,14 +390,14 @@ impl Srp {
     pub(crate) fn pass_held_token(&mut self, again: bool) {
         self.cancel_timer(Timer::Hold);
         self.pass_held_due = false;
-        let Some(mut tok) = self.held_token.take() else {
+        let Some((mut tok, holding)) = self.held_token.take() else {
             return;
         };
         if !self.packer.is_empty() {
             let mut sends = Sends { frames: Vec::new() };
             let originated = self.originate(&mut tok, 0, self.my_last_sent, &mut sends);
             if originated > 0 {
-                if !self.lingering {
+                if holding == Holding::Idle {
                     // Woken on an idle ring: this is a new visit.
                     self.linger_deadline = self.now.plus_micros(self.p.linger_visit_us);
                 }
@@ -400,13 +406,7 @@ impl Srp {
                 self.prev_token_seq = tok.seq;
                 let trailing = self.send_leading(sends, originated, false);
                 self.deliver_ready();
-                if again && self.may_linger(&tok) {
-                    self.send_all(trailing);
-                    self.linger(tok);
-                    return;
-                }
-                self.forward_token(tok);
-                self.send_all(trailing);
+                self.end_visit(tok, trailing, again);
                 return;
             }
         }

@@ -43,6 +43,16 @@ const TIMERS: [Timer; TIMER_COUNT] = [
     Timer::Consensus,
 ];
 
+/// Why a member sits on the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// The ring is idle (the representative, for `hold_us`).
+    Idle,
+    /// We just sent everything we had and wait for our application's next message
+    /// (`linger_us`, within the visit's `linger_deadline`).
+    Linger,
+}
+
 /// A member's view while gathering: whom it wants in the ring and whom it has given up.
 pub(crate) type View = (NodeSet, NodeSet);
 
@@ -104,17 +114,14 @@ pub struct Srp {
     pub(crate) my_last_backlog: u32,
     /// Consecutive visits that found the ring idle.
     pub(crate) idle_visits: u32,
-    /// The token we are sitting on: while the ring is idle (representative, `hold_us`)
-    /// or lingering after our own multicasts (`linger_us`); Timer::Hold passes it on.
-    pub(crate) held_token: Option<Token>,
+    /// The token we are sitting on, and why; Timer::Hold passes it on.
+    pub(crate) held_token: Option<(Token, Holding)>,
     /// Local messages were queued while we hold the token: send them with it at the
     /// next `poll_transmit`.
     pub(crate) pass_held_due: bool,
     /// When the current visit's lingering must end (`linger_visit_us` after the token
     /// arrived with our messages).
     pub(crate) linger_deadline: Instant,
-    /// Whether `held_token` is held for lingering (else for an idle ring).
-    pub(crate) lingering: bool,
     /// Another member sent a token hold cancel since our last visit: it waits for the
     /// token, so we do not linger with it.
     pub(crate) cancel_seen: bool,
@@ -166,7 +173,6 @@ impl Srp {
             held_token: None,
             pass_held_due: false,
             linger_deadline: now,
-            lingering: false,
             cancel_seen: false,
             hold_cancel_sent: false,
             next_merge_detect: now,
