@@ -76,14 +76,18 @@ impl OutQueue {
 
     /// Writes as much as `w` takes in one vectored write; returns how many bytes.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
+        // On the stack: this runs for every write to every client.
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut used = 0;
         for c in self.chunks.iter().take(MAX_IOV - 1) {
-            slices.push(IoSlice::new(c));
+            slices[used] = IoSlice::new(c);
+            used += 1;
         }
         if self.chunks.len() < MAX_IOV && !self.tail.is_empty() {
-            slices.push(IoSlice::new(&self.tail));
+            slices[used] = IoSlice::new(&self.tail);
+            used += 1;
         }
-        let n = w.write_vectored(&slices)?;
+        let n = w.write_vectored(&slices[..used])?;
         self.consume(n);
         Ok(n)
     }
