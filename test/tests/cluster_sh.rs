@@ -107,6 +107,15 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The daemons' logs go with the directory: show them first.
+            for i in 1..=3 {
+                let log = self.state.join(format!("n{i}.log"));
+                if let Ok(text) = std::fs::read_to_string(&log) {
+                    eprintln!("--- {}:\n{text}", log.display());
+                }
+            }
+        }
         if self.state.exists() {
             let out = cluster_sh(&self.state, self.port, &["down"], DOWN_WAIT);
             if std::thread::panicking() {
