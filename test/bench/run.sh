@@ -279,8 +279,11 @@ latency() { # size rep
     local res
     res=$(grep '^RESULT' "$WORK/c1.out" | tail -1)
     [ -n "$res" ] || res="RESULT failed=1"
-    echo "transport=$TRANSPORT test=lat size=$size rep=$rep load=$load $res cpu_exec=$(cpu_pct "$before" "$after" "$LAT_S")" >>"$RAW"
+    local tail
+    tail=$(grep '^LATENCY' "$WORK/c1.err" | tail -1 | cut -d' ' -f2-)
+    echo "transport=$TRANSPORT test=lat size=$size rep=$rep load=$load $res cpu_exec=$(cpu_pct "$before" "$after" "$LAT_S") $tail" >>"$RAW"
     log "lat size=$size rep=$rep: $res"
+    log "    tail: $tail"
 }
 
 # kill -9 of node 3's executive; time until node 1's CPG client reports it gone.

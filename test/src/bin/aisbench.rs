@@ -10,11 +10,14 @@
 //!
 //! The last line is always
 //! `RESULT mode=<tput|lat> size=<B> senders=<n> msgs_per_s=<x> mb_per_s=<x> p50_us=<x> p99_us=<x>`.
-//! Standard error ends with `TRYAGAIN count=<n>`: how many sends flow control refused.
+//! Standard error ends with `TRYAGAIN count=<n>`: how many sends flow control refused,
+//! preceded by `LATENCY p90_us=.. p99_us=.. p999_us=.. max_us=.. hist=<lo>:<n>,..`: the
+//! tail of the own messages' latencies, with a histogram in 25 µs buckets up to 500 µs
+//! and one bucket for the rest, for reading where a p99 comes from.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libais::cpg::{Cpg, CpgCallbacks, GroupName, Guarantee};
@@ -93,6 +96,66 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Runs callbacks on this thread until own message `seq` is back (true) or `until`
+/// passes (false): poll the connection's socket, dispatch what it brought.
+fn wait_own(cpg: &Cpg, stats: &Mutex<Stats>, seq: u64, until: Instant) -> Result<bool, SaError> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use std::os::fd::BorrowedFd;
+    let fd = cpg.fd()?;
+    loop {
+        if stats
+            .lock()
+            .map(|s| s.last_own == Some(seq))
+            .unwrap_or(false)
+        {
+            return Ok(true);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        if !cpg.callbacks_pending()? {
+            // SAFETY: `fd` is the connection's socket, open until `cpg` is finalized,
+            // which happens only after this loop.
+            let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+            let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+            let timeout = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return Err(SaError::Library),
+            }
+        }
+        cpg.dispatch(DispatchFlags::All)?;
+    }
+}
+
+/// The `LATENCY` line: upper percentiles and a histogram of `sorted`.
+fn tail_line(sorted: &[u64]) -> String {
+    const BUCKET_US: u64 = 25;
+    const BUCKETS: usize = 20;
+    let mut hist = [0u64; BUCKETS + 1];
+    for &l in sorted {
+        hist[((l / BUCKET_US) as usize).min(BUCKETS)] += 1;
+    }
+    let hist: Vec<String> = hist
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| format!("{}:{n}", i as u64 * BUCKET_US))
+        .collect();
+    format!(
+        "LATENCY p90_us={} p99_us={} p999_us={} max_us={} hist={}",
+        percentile(sorted, 0.90),
+        percentile(sorted, 0.99),
+        percentile(sorted, 0.999),
+        sorted.last().copied().unwrap_or(0),
+        hist.join(",")
+    )
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -106,14 +169,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let start = Instant::now();
-    let stats = Arc::new((Mutex::new(Stats::default()), Condvar::new()));
+    let stats = Arc::new(Mutex::new(Stats::default()));
     let my_pid = std::process::id();
     let nodeid_cell = Arc::new(Mutex::new(0u32));
     let (st, me) = (Arc::clone(&stats), Arc::clone(&nodeid_cell));
     let callbacks = CpgCallbacks::default().on_deliver(move |_, nodeid, pid, msg| {
         let now_us = start.elapsed().as_micros() as u64;
-        let (lock, cv) = &*st;
-        let Ok(mut s) = lock.lock() else { return };
+        let Ok(mut s) = st.lock() else { return };
         let mine = pid == my_pid && me.lock().map(|n| *n == nodeid).unwrap_or(false);
         if mine && msg.len() >= HEADER {
             let seq = u64::from_be_bytes(msg[0..8].try_into().unwrap_or([0; 8]));
@@ -122,7 +184,6 @@ fn main() -> ExitCode {
                 s.latencies_us.push(now_us.saturating_sub(sent));
             }
             s.last_own = Some(seq);
-            cv.notify_all();
         }
         if s.counting {
             s.delivered += 1;
@@ -146,11 +207,15 @@ fn main() -> ExitCode {
         eprintln!("aisbench: join: {e}");
         return ExitCode::FAILURE;
     }
-    let dispatcher = {
+    // Latency mode runs its callbacks on the sending thread, as a poll loop (as
+    // corosync's cpgload does): a dispatcher thread would add a thread wake-up to every
+    // round trip. The other modes send and receive at once, so they dispatch on a thread.
+    let single_threaded = args.mode == Mode::Latency && !args.receive_only;
+    let dispatcher = (!single_threaded).then(|| {
         let cpg = Arc::clone(&cpg);
         std::thread::spawn(move || cpg.dispatch(DispatchFlags::Blocking))
-    };
-    let (lock, cv) = &*stats;
+    });
+    let lock = &*stats;
     let set_counting = |on: bool| {
         if let Ok(mut s) = lock.lock() {
             s.counting = on;
@@ -196,20 +261,18 @@ fn main() -> ExitCode {
                         continue;
                     }
                 }
-                let Ok(mut s) = lock.lock() else { break };
                 let wait_until = Instant::now() + Duration::from_secs(5);
-                while s.last_own != Some(seq) && Instant::now() < wait_until {
-                    let left = wait_until.saturating_duration_since(Instant::now());
-                    match cv.wait_timeout(s, left) {
-                        Ok((g, _)) => s = g,
-                        Err(_) => return ExitCode::FAILURE,
+                match wait_own(&cpg, lock, seq, wait_until) {
+                    Ok(true) => seq += 1,
+                    Ok(false) => {
+                        eprintln!("aisbench: message {seq} not delivered back within 5 s");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("aisbench: dispatch: {e}");
+                        return ExitCode::FAILURE;
                     }
                 }
-                if s.last_own != Some(seq) {
-                    eprintln!("aisbench: message {seq} not delivered back within 5 s");
-                    return ExitCode::FAILURE;
-                }
-                seq += 1;
             }
         }
     }
@@ -221,11 +284,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _ = cpg.finalize();
-    let _ = dispatcher.join();
+    if let Some(d) = dispatcher {
+        let _ = d.join();
+    }
     let Ok(mut s) = lock.lock() else {
         return ExitCode::FAILURE;
     };
     s.latencies_us.sort_unstable();
+    eprintln!("{}", tail_line(&s.latencies_us));
     let mode = match args.mode {
         Mode::Throughput => "tput",
         Mode::Latency => "lat",
