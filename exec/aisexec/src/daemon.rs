@@ -19,7 +19,7 @@ use log::{debug, error, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use totem::{ConfKind, Dest, Event, Instant, McastError, NodeId, Srp};
 
-use crate::ipc::IpcServer;
+use crate::ipc::{IpcServer, ReadUntil};
 use crate::runtime::RuntimeDir;
 use crate::timer::FineTimer;
 use crate::transport::Transport;
@@ -126,12 +126,18 @@ impl Daemon {
                         };
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             let mut room = self.mcast_room(&pending);
+                            let until = if ev.is_read_closed() || ev.is_error() {
+                                ReadUntil::WouldBlock
+                            } else {
+                                ReadUntil::ShortRead
+                            };
                             self.ipc.readable(
                                 slot,
                                 poll.registry(),
                                 &mut self.registry,
                                 now,
                                 &mut room,
+                                until,
                             );
                         }
                         if ev.is_writable() {
@@ -194,68 +200,7 @@ impl Daemon {
     fn pump(&mut self, now: Instant, poll: &Poll, pending: &mut VecDeque<Bytes>) {
         let mut to_self: Vec<Bytes> = Vec::new();
         loop {
-            let mut progress = false;
-            while let Some(ev) = self.srp.poll_event() {
-                progress = true;
-                match ev {
-                    Event::Deliver { origin, msg } => self.registry.deliver(origin, msg),
-                    Event::ConfChange(c) => {
-                        if c.kind == ConfKind::Regular {
-                            info!(target: "totem", "configuration {}: members {} joined {}",
-                                c.ring_id, c.members, c.joined);
-                        } else {
-                            info!(target: "totem", "transitional configuration {}: members {} left {}",
-                                c.ring_id, c.members, c.left);
-                        }
-                        self.registry.confchg(&c);
-                    }
-                }
-            }
-            if self.registry.host_status_wanted() {
-                // An operator query (admin service): only then copy counters.
-                progress = true;
-                crate::status::refresh(
-                    &mut self.registry,
-                    &self.srp,
-                    &self.transport,
-                    self.ipc.stats(),
-                );
-            }
-            while let Some(effect) = self.registry.poll_effect() {
-                progress = true;
-                match effect {
-                    Effect::Mcast { msg, .. } => pending.push_back(msg),
-                    Effect::Response {
-                        conn,
-                        id,
-                        error,
-                        body,
-                    } => self
-                        .ipc
-                        .send(conn, id, error, &body, poll.registry(), &mut self.registry),
-                    Effect::Dispatch {
-                        conn,
-                        id,
-                        body,
-                        tail,
-                    } => self.ipc.send_parts(
-                        conn,
-                        id | CALLBACK_FLAG,
-                        ais_proto::SaError::Ok,
-                        (&body, &tail),
-                        poll.registry(),
-                        &mut self.registry,
-                    ),
-                    Effect::Disconnect { conn } => {
-                        self.ipc.close_conn(
-                            conn,
-                            poll.registry(),
-                            &mut self.registry,
-                            "closed by its service",
-                        );
-                    }
-                }
-            }
+            let mut progress = self.deliver(poll, pending);
             while let Some(msg) = pending.front() {
                 match self.srp.mcast(msg.clone()) {
                     Ok(()) => {
@@ -269,12 +214,24 @@ impl Daemon {
                     }
                 }
             }
+            let mut token_sent = false;
             while let Some(t) = self.srp.poll_transmit(now) {
                 progress = true;
                 match t.dest {
                     Dest::Unicast(n) if n == self.me => to_self.push(t.data),
-                    dest => self.transport.send(dest, &t.data),
+                    dest => {
+                        token_sent |= matches!(dest, Dest::Unicast(_));
+                        self.transport.send(dest, &t.data);
+                    }
                 }
+            }
+            if !token_sent {
+                // A visit that keeps the token (the linger): its own messages are
+                // delivered here already, and the client that waits for them is woken
+                // before the frames' system call, which on a loaded host may hand this
+                // core to the receivers it wakes. Nothing waits for the frames but the
+                // other members, and they get them a few microseconds later.
+                progress |= self.deliver(poll, pending);
             }
             // A little output for the clients (a few deliveries: the latency case) goes
             // first, so a client runs while the frames are on their way; a burst goes
@@ -296,5 +253,74 @@ impl Daemon {
         if !pending.is_empty() {
             debug!(target: "main", "{} executive messages wait for room in Totem's queue", pending.len());
         }
+    }
+
+    /// Hands Totem's deliveries and configuration changes to the registry and carries
+    /// out the registry's effects: multicasts join `pending`, answers and callbacks are
+    /// queued on their connections. Returns whether anything moved.
+    fn deliver(&mut self, poll: &Poll, pending: &mut VecDeque<Bytes>) -> bool {
+        let mut progress = false;
+        while let Some(ev) = self.srp.poll_event() {
+            progress = true;
+            match ev {
+                Event::Deliver { origin, msg } => self.registry.deliver(origin, msg),
+                Event::ConfChange(c) => {
+                    if c.kind == ConfKind::Regular {
+                        info!(target: "totem", "configuration {}: members {} joined {}",
+                            c.ring_id, c.members, c.joined);
+                    } else {
+                        info!(target: "totem", "transitional configuration {}: members {} left {}",
+                            c.ring_id, c.members, c.left);
+                    }
+                    self.registry.confchg(&c);
+                }
+            }
+        }
+        if self.registry.host_status_wanted() {
+            // An operator query (admin service): only then copy counters.
+            progress = true;
+            crate::status::refresh(
+                &mut self.registry,
+                &self.srp,
+                &self.transport,
+                self.ipc.stats(),
+            );
+        }
+        while let Some(effect) = self.registry.poll_effect() {
+            progress = true;
+            match effect {
+                Effect::Mcast { msg, .. } => pending.push_back(msg),
+                Effect::Response {
+                    conn,
+                    id,
+                    error,
+                    body,
+                } => self
+                    .ipc
+                    .send(conn, id, error, &body, poll.registry(), &mut self.registry),
+                Effect::Dispatch {
+                    conn,
+                    id,
+                    body,
+                    tail,
+                } => self.ipc.send_parts(
+                    conn,
+                    id | CALLBACK_FLAG,
+                    ais_proto::SaError::Ok,
+                    (&body, &tail),
+                    poll.registry(),
+                    &mut self.registry,
+                ),
+                Effect::Disconnect { conn } => {
+                    self.ipc.close_conn(
+                        conn,
+                        poll.registry(),
+                        &mut self.registry,
+                        "closed by its service",
+                    );
+                }
+            }
+        }
+        progress
     }
 }
