@@ -163,6 +163,19 @@ struct Conn {
     want_write: bool,
 }
 
+/// When [`IpcServer::readable`] takes a connection's socket for empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadUntil {
+    /// When a read says it would block.
+    WouldBlock,
+    /// Also when a read returns less than it asked for: the socket held no more at
+    /// that moment, and data arriving later makes a new (edge-triggered) event, so the
+    /// read that would only report "empty" is saved: one system call per request at
+    /// the latency. Not for an event that reported a hang-up: the end of file behind
+    /// the data would go unread.
+    ShortRead,
+}
+
 pub struct IpcServer {
     listener: UnixListener,
     conns: Slab<Conn>,
@@ -325,7 +338,8 @@ impl IpcServer {
     /// then reads until the socket is empty, the read budget is spent, or a request must
     /// wait (then the connection is parked and not read until [`IpcServer::resume`]).
     /// `room` is how many more multicasts Totem takes now; each request served counts
-    /// against it. Returns how many requests were served.
+    /// against it. `until` says when the socket counts as empty. Returns how many
+    /// requests were served.
     pub fn readable(
         &mut self,
         slot: usize,
@@ -333,9 +347,11 @@ impl IpcServer {
         reg: &mut Registry,
         now: Instant,
         room: &mut usize,
+        until: ReadUntil,
     ) -> usize {
         let mut served = 0;
         let mut budget = READ_BUDGET;
+        let mut short = false;
         loop {
             match self.process_frames(slot, reg, now, room) {
                 Ok(n) => served += n,
@@ -358,6 +374,9 @@ impl IpcServer {
             if conn.parked {
                 return served;
             }
+            if short {
+                return served;
+            }
             if budget == 0 {
                 // More may be waiting: mio is edge-triggered, so ask to be woken again.
                 let token = Token(self.token_base + slot);
@@ -378,6 +397,12 @@ impl IpcServer {
                 Ok(n) => {
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
                     budget = budget.saturating_sub(n);
+                    if until == ReadUntil::ShortRead && n < self.scratch.len() {
+                        // Drained: serve what came, and save the read that would only
+                        // say so.
+                        budget = 0;
+                        short = true;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return served,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -408,7 +433,7 @@ impl IpcServer {
                 Some(c) if c.parked => c.parked = false,
                 _ => continue,
             }
-            served += self.readable(slot, poll, reg, now, room);
+            served += self.readable(slot, poll, reg, now, room, ReadUntil::WouldBlock);
         }
         served
     }
@@ -791,6 +816,7 @@ mod tests {
                         &mut self.reg,
                         Instant(0),
                         &mut room,
+                        ReadUntil::WouldBlock,
                     );
                 }
                 if ev.is_writable() {

@@ -91,6 +91,10 @@ pub struct Transport {
     recv_meta: Vec<RecvMeta>,
     /// Frames received by the last `recvmmsg` and not handed out yet.
     received: VecDeque<Bytes>,
+    /// The last `recvmmsg` filled fewer buffers than it had: the socket was empty then,
+    /// and a datagram arriving since makes a new (edge-triggered) readiness event. So
+    /// the next `recv` reports "no more" without asking the kernel again.
+    drained: bool,
     /// Datagrams queued by [`Transport::send`] for the next [`Transport::flush`], in
     /// order, with their destination.
     queued: Vec<(Bytes, SocketAddr)>,
@@ -136,7 +140,14 @@ impl Transport {
                         )?;
                         socket.join_multicast_v4(g, &local)?;
                         socket.set_multicast_if_v4(&local)?;
+                        // The loop stays on: other nodes on this host (127.0.0.x) hear
+                        // us through it. Our own frames come back by it too, and Totem
+                        // has them already; a socket filter drops them in the kernel, so
+                        // each frame we send costs no wake-up, system call or copy here.
                         socket.set_multicast_loop_v4(true)?;
+                        if let Err(e) = socket.attach_filter(&drop_from(local)) {
+                            info!(target: "totem", "no socket filter for our own multicast ({e}): they are read and dropped");
+                        }
                         socket.set_multicast_ttl_v4(u32::from(*ttl))?;
                     }
                     (IpAddr::V6(g), IpAddr::V6(_)) => {
@@ -200,6 +211,7 @@ impl Transport {
             recv_bufs: vec![vec![0; RECV_BUF_LEN]; RECV_BATCH],
             recv_meta: vec![RecvMeta::default(); RECV_BATCH],
             received: VecDeque::new(),
+            drained: false,
             queued: Vec::new(),
             gso_buf: Vec::new(),
             max_segment,
@@ -357,6 +369,9 @@ impl Transport {
             if let Some(frame) = self.received.pop_front() {
                 return Ok(Some(frame));
             }
+            if std::mem::take(&mut self.drained) {
+                return Ok(None);
+            }
             let mut bufs: Vec<IoSliceMut<'_>> = self
                 .recv_bufs
                 .iter_mut()
@@ -376,6 +391,7 @@ impl Transport {
             };
             drop(bufs);
             self.stats.recv_batches += 1;
+            self.drained = n < RECV_BATCH;
             for k in 0..n {
                 let meta = self.recv_meta[k];
                 let len = meta.len.min(RECV_BUF_LEN);
@@ -554,6 +570,25 @@ fn plan_runs(
     runs
 }
 
+/// A classic BPF socket filter that drops IPv4 datagrams whose source address is `me`
+/// and passes every other one whole. Socket filters see a UDP datagram from its UDP
+/// header; the IP header is reached through the kernel's `SKF_NET_OFF` window.
+fn drop_from(me: Ipv4Addr) -> [socket2::SockFilter; 4] {
+    use socket2::SockFilter;
+    const SKF_NET_OFF: i32 = -0x10_0000;
+    const IPV4_SOURCE: i32 = 12;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    [
+        SockFilter::new(LD_W_ABS, 0, 0, (SKF_NET_OFF + IPV4_SOURCE) as u32),
+        // Equal: fall through to "drop"; otherwise skip it to "pass".
+        SockFilter::new(JEQ_K, 0, 1, u32::from(me)),
+        SockFilter::new(RET_K, 0, 0, 0),
+        SockFilter::new(RET_K, 0, 0, u32::MAX),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,6 +696,32 @@ mod tests {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let limit = path_payload_limit(lo, &[SocketAddr::new(lo, 9)]);
         assert!(limit > 9000, "loopback payload limit {limit}");
+    }
+
+    #[test]
+    fn the_own_source_filter_drops_only_our_own_datagrams() {
+        use std::net::UdpSocket;
+        use std::time::Duration;
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        socket2::SockRef::from(&rx)
+            .attach_filter(&drop_from(Ipv4Addr::new(127, 0, 0, 1)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let own = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+        own.send_to(b"own", to).unwrap();
+        other.send_to(b"other", to).unwrap();
+        own.send_to(b"own again", to).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"other");
+        assert_eq!(from.ip(), other.local_addr().unwrap().ip());
+        assert!(
+            rx.recv_from(&mut buf).is_err(),
+            "a datagram from our own address passed"
+        );
     }
 
     #[test]
