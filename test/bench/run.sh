@@ -402,9 +402,11 @@ for TRANSPORT in $TRANSPORTS; do
         done
     done
     for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
-    cluster_up lan || die "the cluster did not form with the LAN profile ($TRANSPORT)"
-    for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
-    [ "$SOAK_S" -gt 0 ] && soak
+    if [ "$FAIL_REPS" -gt 0 ] || [ "$SOAK_S" -gt 0 ]; then
+        cluster_up lan || die "the cluster did not form with the LAN profile ($TRANSPORT)"
+        for rep in $(seq "$FAIL_REPS"); do failure "$rep"; done
+        [ "$SOAK_S" -gt 0 ] && soak
+    fi
     stop_all
 done
 cleanup

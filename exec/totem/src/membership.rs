@@ -494,6 +494,8 @@ impl Srp {
             seq += 1;
         }
         self.unpacker.reset();
+        // Our own unfinished messages went with it; one cut mid-way is sent again.
+        self.packer.originals().clear();
 
         info!(target: "totem", "{}: entering operational: ring {} members {} (was {old_ring} {old_memb})",
             self.me, self.ring_id, self.memb);

@@ -531,7 +531,8 @@ impl Srp {
     pub(crate) fn deliver_payload(&mut self, origin: NodeId, payload: &Bytes) {
         let events = &mut self.events;
         let stats = &mut self.stats;
-        let res = self.unpacker.unpack(origin, payload, |msg| {
+        let own = (origin == self.me).then(|| self.packer.originals());
+        let res = self.unpacker.unpack(origin, payload, own, |msg| {
             stats.messages_delivered += 1;
             events.push_back(Event::Deliver { origin, msg });
         });

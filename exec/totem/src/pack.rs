@@ -12,6 +12,10 @@
 //! unfinished assembly at a configuration change, and a sender whose message was only
 //! partly sent when the ring changed sends it again, whole, in the new ring
 //! ([`Packer::restart_partial`]), under a new `frag_id`.
+//!
+//! The sender does not reassemble its own fragmented messages: it keeps each one whole
+//! ([`Originals`]) from its first piece until its last comes back for delivery, and
+//! delivers that, sparing a copy of every large message it sends.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -45,6 +49,47 @@ pub(crate) struct Packer {
     head_sent: usize,
     /// `frag_id` of the message being fragmented, and the next one to use.
     frag_id: u32,
+    /// Every message whose first piece went out, until its delivery here.
+    started: Originals,
+}
+
+/// Messages this node cut into fragments, by `frag_id`, in the order it sent them.
+#[derive(Debug, Default)]
+pub(crate) struct Originals {
+    queue: VecDeque<(u32, Bytes)>,
+}
+
+/// More started messages than this are never awaiting delivery at once (the send
+/// window is smaller); past it the oldest are forgotten (and reassembled if they come).
+const MAX_ORIGINALS: usize = 1024;
+
+impl Originals {
+    fn push(&mut self, frag_id: u32, msg: Bytes) {
+        if self.queue.len() == MAX_ORIGINALS {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((frag_id, msg));
+    }
+
+    /// The message started under `frag_id` if it is `total` bytes long. Older entries
+    /// go: own pieces are delivered in the order they were sent, so theirs were cut
+    /// by a configuration change and sent again under a new id.
+    fn take(&mut self, frag_id: u32, total: usize) -> Option<Bytes> {
+        let at = self.queue.iter().position(|(id, _)| *id == frag_id)?;
+        self.queue.drain(..at);
+        let (_, msg) = self.queue.pop_front()?;
+        (msg.len() == total).then_some(msg)
+    }
+
+    /// Forgets every message (at a configuration change, with the assemblies).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
 }
 
 impl Packer {
@@ -80,6 +125,11 @@ impl Packer {
         self.head_sent = 0;
     }
 
+    /// The messages started here and not yet delivered here, for [`Unpacker::unpack`].
+    pub fn originals(&mut self) -> &mut Originals {
+        &mut self.started
+    }
+
     /// Appends to `out` the chunks of one frame payload of at most `payload_max` bytes.
     /// Returns false (and appends nothing) when the queue is empty.
     pub fn fill(&mut self, payload_max: usize, out: &mut BytesMut) -> bool {
@@ -100,6 +150,7 @@ impl Packer {
                     break;
                 }
                 self.frag_id = self.frag_id.wrapping_add(1);
+                self.started.push(self.frag_id, head.clone());
                 let n = (space - FRAGMENT_HEADER).min(u16::MAX as usize);
                 out.put_u8(FIRST);
                 out.put_u16(n as u16);
@@ -155,8 +206,18 @@ pub(crate) struct Unpacker {
 #[derive(Debug)]
 struct Assembly {
     frag_id: u32,
-    buf: BytesMut,
+    /// Bytes received so far: the offset the next piece must have.
+    have: usize,
     total: usize,
+    data: Pieces,
+}
+
+#[derive(Debug)]
+enum Pieces {
+    /// Another node's message, copied together piece by piece.
+    Copied(BytesMut),
+    /// Our own: the message as it was sent; the pieces are only counted.
+    Original(Bytes),
 }
 
 impl Unpacker {
@@ -166,11 +227,14 @@ impl Unpacker {
     }
 
     /// Splits `payload` from `origin` into messages, calling `deliver` for each complete
-    /// one in order. Whole messages are zero-copy slices of `payload`.
+    /// one in order. Whole messages are zero-copy slices of `payload`. `own`: the
+    /// messages this node started, when `origin` is this node; a fragmented one found
+    /// there is delivered as it was sent instead of reassembled.
     pub fn unpack(
         &mut self,
         origin: NodeId,
         payload: &Bytes,
+        mut own: Option<&mut Originals>,
         mut deliver: impl FnMut(Bytes),
     ) -> Result<(), MalformedPayload> {
         let mut rest = payload.clone();
@@ -205,14 +269,22 @@ impl Unpacker {
                         self.partial.remove(&origin);
                         return Err(MalformedPayload);
                     }
-                    let mut buf = BytesMut::with_capacity(total);
-                    buf.put_slice(&data);
+                    let original = own.as_deref_mut().and_then(|o| o.take(frag_id, total));
+                    let data = match original {
+                        Some(msg) => Pieces::Original(msg),
+                        None => {
+                            let mut buf = BytesMut::with_capacity(total);
+                            buf.put_slice(&data);
+                            Pieces::Copied(buf)
+                        }
+                    };
                     self.partial.insert(
                         origin,
                         Assembly {
                             frag_id,
-                            buf,
+                            have: len,
                             total,
+                            data,
                         },
                     );
                 }
@@ -222,22 +294,28 @@ impl Unpacker {
                         // The start of this message was cut off.
                         continue;
                     };
-                    if asm.frag_id != frag_id || asm.buf.len() != offset {
+                    if asm.frag_id != frag_id || asm.have != offset {
                         // A piece of this message, or the end of the one we hold, went
                         // with a frame that was never recovered: neither can complete.
                         self.partial.remove(&origin);
                         continue;
                     }
-                    let have = asm.buf.len() + data.len();
+                    let have = asm.have + data.len();
                     let complete = have == asm.total;
                     if have > asm.total || (kind == LAST) != complete {
                         self.partial.remove(&origin);
                         return Err(MalformedPayload);
                     }
-                    asm.buf.put_slice(&data);
+                    asm.have = have;
+                    if let Pieces::Copied(buf) = &mut asm.data {
+                        buf.put_slice(&data);
+                    }
                     if complete {
                         if let Some(asm) = self.partial.remove(&origin) {
-                            deliver(asm.buf.freeze());
+                            deliver(match asm.data {
+                                Pieces::Copied(buf) => buf.freeze(),
+                                Pieces::Original(msg) => msg,
+                            });
                         }
                     }
                 }
@@ -275,7 +353,7 @@ mod tests {
         let mut u = Unpacker::default();
         let mut got = Vec::new();
         for f in frames {
-            u.unpack(NodeId(1), f, |m| got.push(m)).unwrap();
+            u.unpack(NodeId(1), f, None, |m| got.push(m)).unwrap();
         }
         got
     }
@@ -315,11 +393,11 @@ mod tests {
         p.restart_partial();
         let mut u = Unpacker::default();
         let mut got = Vec::new();
-        u.unpack(NodeId(1), &first.freeze(), |m| got.push(m))
+        u.unpack(NodeId(1), &first.freeze(), None, |m| got.push(m))
             .unwrap();
         u.reset(); // the configuration changed
         for f in frames(&mut p, 1400) {
-            u.unpack(NodeId(1), &f, |m| got.push(m)).unwrap();
+            u.unpack(NodeId(1), &f, None, |m| got.push(m)).unwrap();
         }
         assert_eq!(got, vec![big]);
     }
@@ -344,7 +422,7 @@ mod tests {
             &[1, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 7],
         ];
         for b in bad {
-            let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), |_| {
+            let r = u.unpack(NodeId(1), &Bytes::copy_from_slice(b), None, |_| {
                 panic!("delivered")
             });
             assert_eq!(r, Err(MalformedPayload), "{b:?}");
@@ -380,6 +458,86 @@ mod tests {
             rest.advance(len);
         }
         false
+    }
+
+    /// Unpacks `frames` as this node's own, with `p`'s originals.
+    fn unpack_own(p: &mut Packer, u: &mut Unpacker, frames: &[Bytes]) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        for f in frames {
+            u.unpack(NodeId(1), f, Some(p.originals()), |m| got.push(m))
+                .unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn own_fragmented_messages_are_delivered_as_sent_not_reassembled() {
+        let mut p = Packer::default();
+        let sent = [msg(5000, 1), msg(10, 2), msg(70_000, 3)];
+        for m in &sent {
+            p.push(m.clone());
+        }
+        let fs = frames(&mut p, 1400);
+        assert_eq!(p.originals().len(), 2, "the two large messages are kept");
+        let got = unpack_own(&mut p, &mut Unpacker::default(), &fs);
+        assert_eq!(got, sent);
+        // The very buffers that were sent, not copies.
+        assert_eq!(got[0].as_ptr(), sent[0].as_ptr());
+        assert_eq!(got[2].as_ptr(), sent[2].as_ptr());
+        assert_eq!(p.originals().len(), 0, "delivered: forgotten");
+    }
+
+    #[test]
+    fn own_message_restarted_after_a_configuration_change_is_delivered_once() {
+        let mut p = Packer::default();
+        let big = msg(5000, 3);
+        p.push(big.clone());
+        let mut u = Unpacker::default();
+        let mut first = BytesMut::new();
+        assert!(p.fill(1400, &mut first));
+        assert!(unpack_own(&mut p, &mut u, &[first.freeze()]).is_empty());
+        // The ring changed with the message half sent: the pieces here are dropped
+        // and the message goes again, whole, under a new id.
+        u.reset();
+        p.restart_partial();
+        let rest = frames(&mut p, 1400);
+        let got = unpack_own(&mut p, &mut u, &rest);
+        assert_eq!(got, vec![big.clone()]);
+        assert_eq!(got[0].as_ptr(), big.as_ptr());
+        assert_eq!(p.originals().len(), 0);
+    }
+
+    #[test]
+    fn own_pieces_without_an_original_are_reassembled() {
+        let mut p = Packer::default();
+        let big = msg(5000, 4);
+        p.push(big.clone());
+        let fs = frames(&mut p, 1400);
+        p.originals().clear();
+        let got = unpack_own(&mut p, &mut Unpacker::default(), &fs);
+        assert_eq!(got, vec![big.clone()]);
+        assert_ne!(
+            got[0].as_ptr(),
+            big.as_ptr(),
+            "a copy, put together from the pieces"
+        );
+    }
+
+    #[test]
+    fn originals_are_bounded_and_stale_ones_go() {
+        let mut o = Originals::default();
+        for id in 0..(MAX_ORIGINALS as u32 + 10) {
+            o.push(id, msg(1, 0));
+        }
+        assert_eq!(o.len(), MAX_ORIGINALS);
+        assert!(o.take(3, 1).is_none(), "pushed out by newer ones");
+        assert!(o.take(20, 1).is_some());
+        assert_eq!(
+            o.len(),
+            MAX_ORIGINALS - (20 - 10 + 1),
+            "older than 20 dropped too"
+        );
+        assert!(o.take(21, 2).is_none(), "wrong length: not ours");
     }
 
     #[test]
