@@ -599,6 +599,21 @@ impl Cluster {
         r
     }
 
+    /// Tells node `n`'s Totem whether its applications are behind on their deliveries
+    /// (`Srp::set_receivers_behind`), as the executive does from its clients' unread
+    /// output. Nothing if `n` is down.
+    pub fn set_receivers_behind(&mut self, n: u32, behind: bool) {
+        let now = self.now;
+        let i = n as usize - 1;
+        let inc = self.incarnation(n);
+        let Some(srp) = self.nodes[i].srp.as_mut() else {
+            return;
+        };
+        enter(now, n, inc);
+        srp.set_receivers_behind(now, behind);
+        self.drain(i);
+    }
+
     /// Multicasts the next numbered, self-checking workload message of `len` bytes (at
     /// least [`workload::HEADER_LEN`]) from node `n`.
     pub fn send_numbered(&mut self, n: u32, len: usize) -> Result<MsgId, SendError> {

@@ -299,6 +299,13 @@ fn run_plan(seed: u64, mut plan: Plan, mut rng: Rng, verbose: bool) -> SeedResul
                 }
             }
         }
+        // Now and then a node's applications fall behind on their deliveries, and the
+        // ring waits for them at that node's visits.
+        if rng.chance(0.02) {
+            let n = rng.range(1, u64::from(k)) as u32;
+            let behind = rng.chance(0.5);
+            c.set_receivers_behind(n, behind);
+        }
         let expected = plan.msgs_per_node_per_s * slice as f64 / 1000.0;
         for n in 1..=k {
             if !c.is_member_candidate(n) {
@@ -346,6 +353,9 @@ fn heal_phase(c: &mut Cluster, rng: &mut Rng) {
     c.heal();
     c.set_loss(0.0);
     c.set_dup(0.0);
+    for n in 1..=k {
+        c.set_receivers_behind(n, false);
+    }
     for n in 1..=k {
         if !c.is_member_candidate(n) {
             c.restart(n);

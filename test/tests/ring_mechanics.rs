@@ -974,3 +974,110 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_a_few_h
     drain(&mut c);
     check(&mut c);
 }
+
+// ----- waiting for slow receivers -----
+
+#[test]
+fn the_token_waits_at_a_node_whose_receivers_are_behind_and_moves_on_when_they_catch_up() {
+    let (mut c, ring) = formed(81, 3, TotemConfig::lan_profile());
+    let wait_us = c.params().receivers_visit_us;
+    let rotation_us = 3 * c.delay_us();
+    assert!(
+        wait_us > 20 * rotation_us,
+        "the test needs waits longer than rotations"
+    );
+    // A steady stream from node 1, with node 3's applications behind.
+    c.set_receivers_behind(3, true);
+    let wire = watch(&mut c, |_| Fate::Pass);
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        sent.push(c.send_numbered(1, 256).unwrap());
+        c.run_for(wait_us / 1000 / 4);
+    }
+    // Every visit of node 3 held the token for the whole wait: its passes are that
+    // far apart (no more than a visit's worth of time apart from one another).
+    let passes: Vec<Instant> = wire
+        .borrow()
+        .iter()
+        .filter(|s| s.from == 3 && token_of(s, ring).is_some())
+        .map(|s| s.at)
+        .collect();
+    assert!(
+        passes.len() >= 3,
+        "node 3 passed the token {} times",
+        passes.len()
+    );
+    for w in passes.windows(2) {
+        let gap = w[1].micros_since(w[0]);
+        assert!(
+            gap >= wait_us,
+            "node 3 passed the token {gap} µs after its previous pass; it waits {wait_us} µs"
+        );
+    }
+    let waits = c.srp(3).unwrap().stats().token_waits_for_receivers;
+    assert!(waits >= passes.len() as u64 - 1, "{waits} waits");
+    // The ring still carries the stream, at one visit per wait.
+    assert!(c.run_until(
+        |c| delivered_everywhere(c, &[1, 2, 3], &sent),
+        10 * wait_us / 1000
+    ));
+
+    // Node 3 catches up while it holds the token: the token goes on at once.
+    let id = c.send_numbered(1, 256).unwrap();
+    let holding = |c: &Cluster| c.srp(3).unwrap().stats().token_waits_for_receivers > waits;
+    assert!(c.run_until(holding, 2 * wait_us / 1000));
+    let now = c.now();
+    let passes_before = wire.borrow().len();
+    c.set_receivers_behind(3, false);
+    let released_at = wire.borrow()[passes_before..]
+        .iter()
+        .find(|s| s.from == 3 && token_of(s, ring).is_some())
+        .map(|s| s.at)
+        .expect("node 3 passed the token when its receivers caught up");
+    assert_eq!(
+        released_at, now,
+        "the waiting token went on when told, not later"
+    );
+    assert!(c.run_until(|c| delivered_everywhere(c, &[1, 2, 3], &[id]), 100));
+    // And it no longer waits: a burst goes round at the ring's own speed.
+    let waits = c.srp(3).unwrap().stats().token_waits_for_receivers;
+    let burst: Vec<MsgId> = (0..200).map(|_| c.send_numbered(1, 256).unwrap()).collect();
+    assert!(c.run_until(
+        |c| delivered_everywhere(c, &[1, 2, 3], &burst),
+        wait_us / 1000
+    ));
+    assert_eq!(c.srp(3).unwrap().stats().token_waits_for_receivers, waits);
+    c.clear_filter();
+    drain(&mut c);
+    check(&mut c);
+}
+
+#[test]
+fn a_node_whose_receivers_stay_behind_slows_the_ring_but_never_stops_it() {
+    let (mut c, _) = formed(82, 3, TotemConfig::lan_profile());
+    c.set_receivers_behind(2, true);
+    let token_us = c.params().token_us;
+    let sent: Vec<MsgId> = (0..50)
+        .map(|i| c.send_numbered(1 + i % 3, 512).unwrap())
+        .collect();
+    // No token loss, no new configuration: the waits stay under the retransmit
+    // timeout, and every message is delivered everywhere.
+    let confs = c.configurations();
+    assert!(c.run_until(
+        |c| delivered_everywhere(c, &[1, 2, 3], &sent),
+        20 * token_us / 1000
+    ));
+    c.run_for(3 * token_us / 1000);
+    assert_eq!(
+        c.configurations(),
+        confs,
+        "the ring reformed:\n{}",
+        c.status()
+    );
+    for n in 1..=3 {
+        assert_eq!(c.srp(n).unwrap().stats().token_losses, 0, "node {n}");
+        assert_eq!(c.srp(n).unwrap().stats().token_retransmits, 0, "node {n}");
+    }
+    drain(&mut c);
+    check(&mut c);
+}

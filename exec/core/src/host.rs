@@ -78,6 +78,10 @@ pub fn totem_counters(s: &totem::Stats) -> Vec<Counter> {
         c("totem.token_retransmits", s.token_retransmits),
         c("totem.token_lingers", s.token_lingers),
         c("totem.token_wants", s.token_wants),
+        c(
+            "totem.token_waits_for_receivers",
+            s.token_waits_for_receivers,
+        ),
         c("totem.mcast_frames", s.mcast_frames),
         c("totem.messages_delivered", s.messages_delivered),
         c("totem.token_losses", s.token_losses),

@@ -226,6 +226,10 @@ pub struct Params {
     /// `linger_us`, at most half of `token_retransmit_us`. The most another member's
     /// new message waits extra for the token.
     pub linger_visit_us: u64,
+    /// How long one visit may keep the token while this node's applications are behind
+    /// on their deliveries ([`crate::Srp::set_receivers_behind`]): half of
+    /// `token_retransmit_us`, so the member before us does not resend the token.
+    pub receivers_visit_us: u64,
     pub send_queue_max_msgs: u32,
     /// At least one whole largest message with its overhead.
     pub send_queue_max_bytes: u32,
@@ -339,6 +343,7 @@ impl TotemConfig {
             linger_us: u64::from(self.linger_us),
             linger_visit_us: (u64::from(self.linger_us) * LINGER_VISIT_FACTOR)
                 .min(token_retransmit_us / 2),
+            receivers_visit_us: token_retransmit_us / 2,
             send_queue_max_msgs: self.send_queue_max_msgs,
             send_queue_max_bytes: self.send_queue_max_bytes,
             _sealed: (),

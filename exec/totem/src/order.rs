@@ -138,8 +138,34 @@ impl Srp {
             self.linger(tok);
             return;
         }
+        let tok = match self.wait_for_receivers(tok) {
+            Some(tok) => tok,
+            None => {
+                self.send_all(trailing);
+                return;
+            }
+        };
         self.forward_token(tok);
         self.send_all(trailing);
+    }
+
+    /// Keeps the token while our applications are behind on their deliveries and the
+    /// visit has time left (`receivers_visit_us` from its first wait); gives it back
+    /// otherwise.
+    fn wait_for_receivers(&mut self, tok: Token) -> Option<Token> {
+        if !self.receivers_behind {
+            return Some(tok);
+        }
+        let deadline = *self
+            .receivers_deadline
+            .get_or_insert(self.now.plus_micros(self.p.receivers_visit_us));
+        if self.now >= deadline {
+            return Some(tok);
+        }
+        self.stats.token_waits_for_receivers += 1;
+        self.held_token = Some((tok, Holding::Receivers));
+        self.set_timer(Timer::Hold, deadline.micros_since(self.now));
+        None
     }
 
     /// Whether to keep the token after sending: we sent all we had, the token says
@@ -378,6 +404,7 @@ impl Srp {
         };
         tok.sender = self.me;
         tok.token_seq += 1;
+        self.receivers_deadline = None;
         let data = Frame::Token(tok).to_bytes();
         self.send_token_frame(next, data);
     }
@@ -413,7 +440,9 @@ impl Srp {
         // The idle count survives the hold: while the ring stays idle, the token is held
         // at every visit of the representative rather than spun for another
         // seqno_unchanged_const rotations first.
-        self.forward_token(tok);
+        if let Some(tok) = self.wait_for_receivers(tok) {
+            self.forward_token(tok);
+        }
     }
 
     /// Something was queued on a ring that may be idle: get the token moving.
@@ -449,7 +478,9 @@ impl Srp {
         if self.state != MembState::Operational || ring_id != self.ring_id {
             return;
         }
-        if self.held_token.is_some() {
+        if matches!(self.held_token, Some((_, Holding::Receivers))) {
+            // The ring waits for our applications; the asker waits with it.
+        } else if self.held_token.is_some() {
             self.pass_held_token(false);
         } else {
             // The cancel overtook the token: do not hold it when it arrives, and do

@@ -51,6 +51,9 @@ pub(crate) enum Holding {
     /// We just sent everything we had and wait for our application's next message
     /// (`linger_us`, within the visit's `linger_deadline`).
     Linger,
+    /// Our applications are behind on their deliveries: the ring waits for them
+    /// (within the visit's `receivers_deadline`).
+    Receivers,
 }
 
 /// A member's view while gathering: whom it wants in the ring and whom it has given up.
@@ -127,6 +130,10 @@ pub struct Srp {
     pub(crate) cancel_seen: bool,
     pub(crate) hold_cancel_sent: bool,
     pub(crate) next_merge_detect: Instant,
+    /// The driver said our applications are behind on their deliveries.
+    pub(crate) receivers_behind: bool,
+    /// When the current visit's wait for them must end (set at its first wait).
+    pub(crate) receivers_deadline: Option<Instant>,
 
     // Membership.
     pub(crate) proc_set: NodeSet,
@@ -174,6 +181,8 @@ impl Srp {
             pass_held_due: false,
             linger_deadline: now,
             cancel_seen: false,
+            receivers_behind: false,
+            receivers_deadline: None,
             hold_cancel_sent: false,
             next_merge_detect: now,
             proc_set: NodeSet::single(me),
@@ -251,6 +260,29 @@ impl Srp {
             self.wake_idle_ring();
         }
         Ok(())
+    }
+
+    /// Tells Totem whether this node's applications are behind on their deliveries
+    /// (the driver's judgement, e.g. a client's unread output over a high-water mark).
+    /// While they are, the token waits here after each visit, up to
+    /// [`crate::Params::receivers_visit_us`] per visit (half the token retransmit
+    /// timeout, so that nobody takes the token for lost): the whole ring slows to what
+    /// the slowest reader takes, instead of its backlog growing without bound. When
+    /// they catch up, a waiting token goes on at the next `poll_transmit`.
+    pub fn set_receivers_behind(&mut self, now: Instant, behind: bool) {
+        self.now = self.now.max(now);
+        if self.receivers_behind == behind {
+            return;
+        }
+        self.receivers_behind = behind;
+        if !behind && matches!(self.held_token, Some((_, Holding::Receivers))) {
+            self.pass_held_due = true;
+        }
+    }
+
+    /// What the driver last told [`Srp::set_receivers_behind`].
+    pub fn receivers_behind(&self) -> bool {
+        self.receivers_behind
     }
 
     /// Announces that this node leaves the ring on purpose, so the others reconfigure at
