@@ -2,7 +2,8 @@
 //! meet it: a user the `uidgid` sections do not allow is refused (told `Access`, logged,
 //! counted) while an allowed one is served; a CPG client that multicasts but never reads
 //! is disconnected once its output queue passes its bound, and the others see it leave
-//! with reason process down and go on.
+//! with reason process down and go on; one that reads, but slower than a flood arrives,
+//! holds the ring back instead and is not disconnected.
 //!
 //! Needs the workspace's binaries next to this test (`cargo test --workspace --release`
 //! builds them). The credentials test runs clients as other users, so it needs root and
@@ -212,4 +213,109 @@ fn a_cpg_client_that_stops_reading_is_disconnected_and_leaves_with_procdown() {
         assert!(w.is_running(), "{}: {}", w.name(), w.stderr_text());
     }
     c.cpgverify_everywhere(&[1, 2], "after-slow", 200);
+}
+
+#[test]
+fn a_cpg_client_that_reads_slower_than_a_flood_holds_the_ring_back_and_stays_connected() {
+    let c = ProcCluster::start(Options::new("slowreader", 2));
+    let group = "slowish";
+    let mut reader = RawCpg::connect(&c, 1);
+    let pid = 4_100_000 + std::process::id() % 100_000;
+    let join = GroupReq {
+        group: GroupName::new(group.as_bytes().to_vec()).unwrap(),
+        pid,
+    };
+    assert_eq!(
+        reader.request(req::JOIN, &join.to_bytes()).sa_error(),
+        SaError::Ok
+    );
+    // Node 2 multicasts 60 KB messages as fast as the ring takes them for 3 s; node 1's
+    // reader takes at most 64 KiB per 2 ms (32 MB/s), a fraction of that. Without the
+    // ring waiting for it, its output would pass the 16 MiB bound within a second.
+    let flood = c.client(
+        2,
+        "aisbench",
+        &[
+            "--mode",
+            "tput",
+            "--size",
+            "60000",
+            "--seconds",
+            "3",
+            "--group",
+            group,
+        ],
+    );
+    reader
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let started = Instant::now();
+    let (mut bytes, mut callbacks) = (0usize, 0u64);
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the flood never ended"
+        );
+        match reader.stream.read(&mut chunk) {
+            Ok(0) => panic!(
+                "the executive closed the slow reader after {bytes} bytes, {:?}:\n{}",
+                started.elapsed(),
+                c.log_tails(20)
+            ),
+            Ok(n) => {
+                bytes += n;
+                reader.buf.extend_from_slice(&chunk[..n]);
+                while let Some(f) = ipc::take_response(&mut reader.buf).unwrap() {
+                    callbacks += u64::from(f.is_callback());
+                }
+            }
+            // Two seconds without a byte: the flood is over and everything was read.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = flood.finish(Duration::from_secs(30));
+    assert!(out.success(), "aisbench: {out}");
+    let delivered_at_2: f64 = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| field(l, "msgs_per_s"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no RESULT line: {out}"));
+    eprintln!(
+        "slow reader: {callbacks} deliveries, {bytes} bytes in {:?}; the flood's sender saw {delivered_at_2} msgs/s; \
+         node 1 waited for its receivers {} times, peak output {} bytes",
+        started.elapsed(),
+        c.counter(1, "totem.token_waits_for_receivers"),
+        c.counter(1, "ipc.peak_output")
+    );
+    assert_eq!(c.counter(1, "ipc.closed_slow"), 0);
+    assert!(
+        c.counter(1, "ipc.behind") >= 1,
+        "the reader never fell behind"
+    );
+    assert!(c.counter(1, "totem.token_waits_for_receivers") >= 1);
+    let peak = c.counter(1, "ipc.peak_output");
+    assert!(
+        peak < MAX_OUTPUT_BYTES as u64 / 2,
+        "the reader's output reached {peak} bytes"
+    );
+    // Every message of the flood reached the reader (the sender delivered its own at
+    // the same rate, over the same 3 s).
+    let expected = (delivered_at_2 * 3.0) as u64;
+    assert!(
+        callbacks + callbacks / 20 >= expected,
+        "the reader got {callbacks} deliveries, the sender about {expected}"
+    );
+    assert!(callbacks > 10, "hardly a flood: {callbacks} deliveries");
+    c.cpgverify_everywhere(&[1, 2], "after-slowish", 200);
 }

@@ -169,6 +169,11 @@ impl Daemon {
             }
             // Everything this turn queued for the clients, one write per connection.
             self.ipc.flush_dirty(poll.registry(), &mut self.registry);
+            if self.srp.receivers_behind() && !self.ipc.receivers_behind() {
+                // Those writes let the clients catch up: the token waits no longer.
+                self.pump(now, &poll, &mut pending);
+                self.ipc.flush_dirty(poll.registry(), &mut self.registry);
+            }
             let seq = self.srp.ring_seq_high();
             if seq != persisted_seq {
                 match self.runtime.store_ring_seq(seq) {
@@ -200,6 +205,10 @@ impl Daemon {
     fn pump(&mut self, now: Instant, poll: &Poll, pending: &mut VecDeque<Bytes>) {
         let mut to_self: Vec<Bytes> = Vec::new();
         loop {
+            // A client far behind on its deliveries holds the token here, and so the
+            // ring, until it has read most of them (IpcServer::receivers_behind).
+            self.srp
+                .set_receivers_behind(now, self.ipc.receivers_behind());
             let mut progress = self.deliver(poll, pending);
             while let Some(msg) = pending.front() {
                 match self.srp.mcast(msg.clone()) {

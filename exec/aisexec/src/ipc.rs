@@ -12,6 +12,13 @@
 //! (a client that stopped reading) each close that one connection with a `warn!`
 //! (refusals at accept time rate-limited, see [`LogLimit`]). Every bound connection that
 //! closes, for whatever reason, has its service's `lib_exit` run.
+//!
+//! A client that reads, only slower than the ring delivers, is not closed for it: once
+//! its unwritten output passes [`BEHIND_BYTES`] the daemon has the token wait at this
+//! node until it is back under [`CAUGHT_UP_BYTES`], which slows the whole ring to what
+//! that client takes (as corosync's flow control slows every sender). The ring never
+//! stops for it (a wait is bounded per visit), so a client that does not read at all
+//! still reaches [`MAX_OUTPUT_BYTES`] and is closed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -32,6 +39,13 @@ use crate::outq::OutQueue;
 /// Bytes a connection may have waiting to be written before it is judged stuck: its
 /// output queue never holds more (a frame that would pass it closes the connection).
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// Unwritten output over which a connection's client counts as behind on its
+/// deliveries: while any is, Totem's token waits at this node (see
+/// `totem::Srp::set_receivers_behind`), so a client that reads, if slower than the
+/// ring, slows the ring instead of reaching [`MAX_OUTPUT_BYTES`] and being closed.
+pub const BEHIND_BYTES: usize = 4 << 20;
+/// ... and under which it has caught up again.
+pub const CAUGHT_UP_BYTES: usize = 1 << 20;
 /// Most effects (answers, callbacks) the registry may hold when a request is served;
 /// beyond it the connection waits, parked, until the daemon has carried them out.
 const MAX_PENDING_EFFECTS: usize = 4096;
@@ -80,6 +94,8 @@ pub struct IpcStats {
     pub refused_handshake: u64,
     pub closed_bad_frame: u64,
     pub closed_slow: u64,
+    /// Times a connection's output went over [`BEHIND_BYTES`].
+    pub behind: u64,
     pub requests: u64,
     /// The most bytes one connection's output queue has held.
     pub peak_output: u64,
@@ -192,6 +208,9 @@ pub struct IpcServer {
     dirty: Vec<usize>,
     /// Connections holding a request that must wait, in the order they stopped.
     parked: VecDeque<usize>,
+    /// Connections whose output went over [`BEHIND_BYTES`] and is not yet back under
+    /// [`CAUGHT_UP_BYTES`].
+    behind: BTreeSet<usize>,
     /// The buffer reads go into (zeroed once, reused).
     scratch: Vec<u8>,
 }
@@ -226,6 +245,7 @@ impl IpcServer {
             stats: IpcStats::default(),
             dirty: Vec::new(),
             parked: VecDeque::new(),
+            behind: BTreeSet::new(),
             scratch: vec![0; READ_CHUNK],
         })
     }
@@ -573,11 +593,22 @@ impl IpcServer {
         }
         c.out.push_frame_parts(id, error, body, tail);
         self.stats.peak_output = self.stats.peak_output.max(c.out.len() as u64);
+        if c.out.len() > BEHIND_BYTES && self.behind.insert(slot) {
+            self.stats.behind += 1;
+            debug!(target: "ipc", "connection {} (pid {}) is {} bytes behind: the ring waits for it",
+                c.id.0, c.cred.pid, c.out.len());
+        }
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(slot);
         }
         true
+    }
+
+    /// Whether some client is behind on its deliveries: its unwritten output went over
+    /// [`BEHIND_BYTES`] and has not come back under [`CAUGHT_UP_BYTES`].
+    pub fn receivers_behind(&self) -> bool {
+        !self.behind.is_empty()
     }
 
     /// Whether the output queued since the last [`IpcServer::flush_dirty`], over all
@@ -628,6 +659,9 @@ impl IpcServer {
                     }
                 }
             }
+            if c.out.len() <= CAUGHT_UP_BYTES {
+                self.behind.remove(&slot);
+            }
             let want = !c.out.is_empty();
             if want != c.want_write && failed.is_none() {
                 let interest = if want {
@@ -667,6 +701,7 @@ impl IpcServer {
             return;
         }
         let mut c = self.conns.remove(slot);
+        self.behind.remove(&slot);
         let _ = poll.deregister(&mut c.stream);
         self.by_id.remove(&c.id);
         if loud {

@@ -70,6 +70,7 @@ fn ipc_counters(s: &IpcStats) -> Vec<Counter> {
         c("ipc.refused_handshake", s.refused_handshake),
         c("ipc.closed_bad_frame", s.closed_bad_frame),
         c("ipc.closed_slow", s.closed_slow),
+        c("ipc.behind", s.behind),
         c("ipc.requests", s.requests),
         c("ipc.peak_output", s.peak_output),
     ]
