@@ -321,8 +321,11 @@ failure() { # rep
         fi
         sleep 0.01
     done
-    kill "$stamper" 2>/dev/null
+    # Its children first: once the subshell is gone they belong to init, and pkill -P
+    # would no longer find them.
     pkill -P "$stamper" 2>/dev/null
+    kill "$stamper" 2>/dev/null
+    wait "$stamper" 2>/dev/null
     local token coef
     case $PROFILE in default) token=3000 coef=650 ;; lan) token=300 coef=50 ;; esac
     if [ -n "$t1" ]; then

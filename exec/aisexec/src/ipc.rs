@@ -17,8 +17,10 @@
 //! its unwritten output passes [`BEHIND_BYTES`] the daemon has the token wait at this
 //! node until it is back under [`CAUGHT_UP_BYTES`], which slows the whole ring to what
 //! that client takes (as corosync's flow control slows every sender). The ring never
-//! stops for it (a wait is bounded per visit), so a client that does not read at all
-//! still reaches [`MAX_OUTPUT_BYTES`] and is closed.
+//! stops for it (a wait is bounded per visit), and a client that has taken nothing for
+//! [`STUCK_AFTER`] is not waited for: one that does not read at all slows the ring for
+//! a second at most, and reaches [`MAX_OUTPUT_BYTES`] and is closed if output for it
+//! keeps coming.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -46,6 +48,10 @@ pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 pub const BEHIND_BYTES: usize = 4 << 20;
 /// ... and under which it has caught up again.
 pub const CAUGHT_UP_BYTES: usize = 1 << 20;
+/// A client behind that has not taken a byte for this long is not reading at all: the
+/// ring stops waiting for it (it is closed at [`MAX_OUTPUT_BYTES`] if output keeps
+/// coming), so a stopped client cannot slow the cluster for longer than this.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most effects (answers, callbacks) the registry may hold when a request is served;
 /// beyond it the connection waits, parked, until the daemon has carried them out.
 const MAX_PENDING_EFFECTS: usize = 4096;
@@ -177,6 +183,8 @@ struct Conn {
     dirty: bool,
     /// Whether WRITABLE interest is registered (only while output waits).
     want_write: bool,
+    /// When the client last took output (or connected).
+    last_progress: std::time::Instant,
 }
 
 /// When [`IpcServer::readable`] takes a connection's socket for empty.
@@ -327,6 +335,7 @@ impl IpcServer {
                 out: OutQueue::default(),
                 dirty: false,
                 want_write: false,
+                last_progress: std::time::Instant::now(),
             });
             self.stats.accepted += 1;
         }
@@ -606,9 +615,18 @@ impl IpcServer {
     }
 
     /// Whether some client is behind on its deliveries: its unwritten output went over
-    /// [`BEHIND_BYTES`] and has not come back under [`CAUGHT_UP_BYTES`].
+    /// [`BEHIND_BYTES`] and has not come back under [`CAUGHT_UP_BYTES`], and it took
+    /// output within [`STUCK_AFTER`] (one that stopped reading is not waited for).
     pub fn receivers_behind(&self) -> bool {
-        !self.behind.is_empty()
+        if self.behind.is_empty() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        self.behind.iter().any(|&slot| {
+            self.conns
+                .get(slot)
+                .is_some_and(|c| now.duration_since(c.last_progress) < STUCK_AFTER)
+        })
     }
 
     /// Whether the output queued since the last [`IpcServer::flush_dirty`], over all
@@ -650,7 +668,7 @@ impl IpcServer {
                         failed = Some("write returned 0".to_string());
                         break;
                     }
-                    Ok(_) => {}
+                    Ok(_) => c.last_progress = std::time::Instant::now(),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {

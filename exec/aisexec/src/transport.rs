@@ -145,8 +145,12 @@ impl Transport {
                         // has them already; a socket filter drops them in the kernel, so
                         // each frame we send costs no wake-up, system call or copy here.
                         socket.set_multicast_loop_v4(true)?;
-                        if let Err(e) = socket.attach_filter(&drop_from(local)) {
-                            info!(target: "totem", "no socket filter for our own multicast ({e}): they are read and dropped");
+                        // Not on loopback: there, other nodes' unicast frames (tokens)
+                        // may leave with the loopback route's source address, ours.
+                        if !local.is_loopback() {
+                            if let Err(e) = socket.attach_filter(&drop_from(local)) {
+                                info!(target: "totem", "no socket filter for our own multicast ({e}): they are read and dropped");
+                            }
                         }
                         socket.set_multicast_ttl_v4(u32::from(*ttl))?;
                     }

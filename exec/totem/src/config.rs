@@ -224,11 +224,13 @@ pub struct Params {
     pub linger_us: u64,
     /// How long one visit may keep lingering in all: [`LINGER_VISIT_FACTOR`] ×
     /// `linger_us`, at most half of `token_retransmit_us`. The most another member's
-    /// new message waits extra for the token.
+    /// new message waits extra for the token at this member's visit (a wait for
+    /// receivers that are behind, `receivers_visit_us`, runs within the same budget).
     pub linger_visit_us: u64,
-    /// How long one visit may keep the token while this node's applications are behind
-    /// on their deliveries ([`crate::Srp::set_receivers_behind`]): half of
-    /// `token_retransmit_us`, so the member before us does not resend the token.
+    /// How long after the token's arrival a visit may keep it while this node's
+    /// applications are behind on their deliveries ([`crate::Srp::set_receivers_behind`]):
+    /// half of `token_retransmit_us`, so the member before us does not resend the token
+    /// (and, on a ring of n members, at most `token_us` / 2n).
     pub receivers_visit_us: u64,
     pub send_queue_max_msgs: u32,
     /// At least one whole largest message with its overhead.

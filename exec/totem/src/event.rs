@@ -99,8 +99,9 @@ pub struct Stats {
     /// Token hold cancels we sent on a busy ring, because the token's holder might be
     /// lingering with it while our messages wait.
     pub token_wants: u64,
-    /// Token visits after which we kept the token because our own applications were
-    /// behind on their deliveries (see [`crate::Srp::set_receivers_behind`]).
+    /// Times we kept the token because our own applications were behind on their
+    /// deliveries (see [`crate::Srp::set_receivers_behind`]); one visit may count
+    /// several, when local messages interrupt a wait.
     pub token_waits_for_receivers: u64,
     /// Mcast frames originated (one per sequence number).
     pub mcast_frames: u64,

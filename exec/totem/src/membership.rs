@@ -51,7 +51,7 @@ impl Srp {
         // recovery brought in; the next attempt recovers from there.
         self.recovery = None;
         self.held_token = None;
-        self.receivers_deadline = None;
+        self.receivers_deadline = self.now;
         self.last_sent = None;
         self.cancel_timer(Timer::TokenLoss);
         self.cancel_timer(Timer::TokenRetransmit);
@@ -403,7 +403,7 @@ impl Srp {
         self.my_last_backlog = 0;
         self.idle_visits = 0;
         self.held_token = None;
-        self.receivers_deadline = None;
+        self.receivers_deadline = self.now;
         // A message we had only partly sent goes again, whole, in the new ring.
         self.packer.restart_partial();
         self.set_timer(Timer::TokenLoss, self.p.token_us);

@@ -57,6 +57,14 @@ impl Srp {
         let incoming_aru = tok.aru;
         let incoming_seq = tok.seq;
         let in_recovery = self.state == MembState::Recovery;
+        // Every hold of this visit (idle, linger, waiting for our receivers) ends within
+        // half the token retransmit timeout of its arrival.
+        let members = self.memb.len().max(1) as u64;
+        self.receivers_deadline = self.now.plus_micros(
+            self.p
+                .receivers_visit_us
+                .min(self.p.token_us / (2 * members)),
+        );
 
         let mut sends = Sends { frames: Vec::new() };
         let retransmitted = self.serve_retransmit_requests(&mut tok, &mut sends);
@@ -150,16 +158,11 @@ impl Srp {
     }
 
     /// Keeps the token while our applications are behind on their deliveries and the
-    /// visit has time left (`receivers_visit_us` from its first wait); gives it back
-    /// otherwise.
+    /// visit has time left (until `receivers_deadline`, set at the token's arrival);
+    /// gives it back otherwise.
     fn wait_for_receivers(&mut self, tok: Token) -> Option<Token> {
-        if !self.receivers_behind {
-            return Some(tok);
-        }
-        let deadline = *self
-            .receivers_deadline
-            .get_or_insert(self.now.plus_micros(self.p.receivers_visit_us));
-        if self.now >= deadline {
+        let deadline = self.receivers_deadline;
+        if !self.receivers_behind || self.now >= deadline {
             return Some(tok);
         }
         self.stats.token_waits_for_receivers += 1;
@@ -404,7 +407,6 @@ impl Srp {
         };
         tok.sender = self.me;
         tok.token_seq += 1;
-        self.receivers_deadline = None;
         let data = Frame::Token(tok).to_bytes();
         self.send_token_frame(next, data);
     }
@@ -420,6 +422,8 @@ impl Srp {
         let Some((mut tok, holding)) = self.held_token.take() else {
             return;
         };
+        // Asked for while we waited for our receivers: no linger after this.
+        let again = again && !(holding == Holding::Receivers && self.cancel_seen);
         if !self.packer.is_empty() {
             let mut sends = Sends { frames: Vec::new() };
             let originated = self.originate(&mut tok, 0, self.my_last_sent, &mut sends);
@@ -479,7 +483,9 @@ impl Srp {
             return;
         }
         if matches!(self.held_token, Some((_, Holding::Receivers))) {
-            // The ring waits for our applications; the asker waits with it.
+            // The ring waits for our applications; the asker waits with it, but this
+            // visit will not linger once the wait is over.
+            self.cancel_seen = true;
         } else if self.held_token.is_some() {
             self.pass_held_token(false);
         } else {

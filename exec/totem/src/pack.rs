@@ -59,8 +59,8 @@ pub(crate) struct Originals {
     queue: VecDeque<(u32, Bytes)>,
 }
 
-/// More started messages than this are never awaiting delivery at once (the send
-/// window is smaller); past it the oldest are forgotten (and reassembled if they come).
+/// Most started messages kept at once; past it the oldest are forgotten (and
+/// reassembled from their pieces when they come, which costs a copy, nothing else).
 const MAX_ORIGINALS: usize = 1024;
 
 impl Originals {

@@ -52,7 +52,7 @@ pub(crate) enum Holding {
     /// (`linger_us`, within the visit's `linger_deadline`).
     Linger,
     /// Our applications are behind on their deliveries: the ring waits for them
-    /// (within the visit's `receivers_deadline`).
+    /// (until the visit's `receivers_deadline`).
     Receivers,
 }
 
@@ -132,8 +132,9 @@ pub struct Srp {
     pub(crate) next_merge_detect: Instant,
     /// The driver said our applications are behind on their deliveries.
     pub(crate) receivers_behind: bool,
-    /// When the current visit's wait for them must end (set at its first wait).
-    pub(crate) receivers_deadline: Option<Instant>,
+    /// When the current visit's wait for them must end: counted from the token's
+    /// arrival, so that it shares one budget with the visit's other holds.
+    pub(crate) receivers_deadline: Instant,
 
     // Membership.
     pub(crate) proc_set: NodeSet,
@@ -182,7 +183,7 @@ impl Srp {
             linger_deadline: now,
             cancel_seen: false,
             receivers_behind: false,
-            receivers_deadline: None,
+            receivers_deadline: now,
             hold_cancel_sent: false,
             next_merge_detect: now,
             proc_set: NodeSet::single(me),
@@ -264,11 +265,13 @@ impl Srp {
 
     /// Tells Totem whether this node's applications are behind on their deliveries
     /// (the driver's judgement, e.g. a client's unread output over a high-water mark).
-    /// While they are, the token waits here after each visit, up to
-    /// [`crate::Params::receivers_visit_us`] per visit (half the token retransmit
-    /// timeout, so that nobody takes the token for lost): the whole ring slows to what
-    /// the slowest reader takes, instead of its backlog growing without bound. When
-    /// they catch up, a waiting token goes on at the next `poll_transmit`.
+    /// While they are, the token waits here after each visit until
+    /// [`crate::Params::receivers_visit_us`] (half the token retransmit timeout) after
+    /// it arrived, and no longer than the token timeout over twice the members, so
+    /// that a ring of members all behind still turns well within the token timeout:
+    /// the whole ring slows to what the slowest reader takes, instead of its backlog
+    /// growing without bound. When they catch up, a waiting token goes on at the next
+    /// `poll_transmit` (or waits on in a linger, if the visit may still linger).
     pub fn set_receivers_behind(&mut self, now: Instant, behind: bool) {
         self.now = self.now.max(now);
         if self.receivers_behind == behind {
@@ -311,9 +314,10 @@ impl Srp {
         self.timers = [None; TIMER_COUNT];
     }
 
-    /// The next frame to put on the wire. A token held here (idle ring, or lingering
-    /// after our own multicasts) that local messages are waiting for goes on now,
-    /// with them: what the driver queued since it last asked goes in one visit.
+    /// The next frame to put on the wire. A token held here (idle ring, lingering
+    /// after our own multicasts, waiting for our receivers) that local messages are
+    /// waiting for is used now: they go out in the same visit (the token then goes on,
+    /// or is kept again if the visit may still linger or wait).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if self.pass_held_due {
             self.now = self.now.max(now);

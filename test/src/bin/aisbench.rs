@@ -10,8 +10,8 @@
 //!
 //! The last line is always
 //! `RESULT mode=<tput|lat> size=<B> senders=<n> msgs_per_s=<x> mb_per_s=<x> p50_us=<x> p99_us=<x>`.
-//! Standard error ends with `TRYAGAIN count=<n>`: how many sends flow control refused,
-//! preceded by `LATENCY p90_us=.. p99_us=.. p999_us=.. max_us=.. hist=<lo>:<n>,..`: the
+//! Standard error has `TRYAGAIN count=<n>`: how many sends flow control refused,
+//! followed by `LATENCY p90_us=.. p99_us=.. p999_us=.. max_us=.. hist=<lo>:<n>,..`: the
 //! tail of the own messages' latencies, with a histogram in 25 µs buckets up to 500 µs
 //! and one bucket for the rest, for reading where a p99 comes from.
 
