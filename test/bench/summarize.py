@@ -66,7 +66,7 @@ def read_ais(path):
     rows = []
     with open(path) as f:
         for line in f:
-            if "RESULT" in line:
+            if "RESULT" in line and "discarded=1" not in line:
                 rows.append(fields(line))
     return rows
 
