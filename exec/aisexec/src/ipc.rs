@@ -1326,6 +1326,56 @@ mod tests {
         assert_eq!(rig.response(&mut other).body.len(), 5);
     }
 
+    /// A client far behind on its output counts as behind (the ring waits for it) while
+    /// it takes output, not once it has taken nothing for STUCK_AFTER, again when it
+    /// reads again, and no more once it has caught up.
+    #[test]
+    fn a_client_behind_is_waited_for_while_it_reads_and_not_once_it_stops() {
+        let mut rig = Rig::new("behind", 8);
+        let mut c = rig.connect();
+        assert_eq!(
+            rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01)
+                .sa_error(),
+            SaError::Ok
+        );
+        assert!(!rig.server.receivers_behind());
+        // Eight 1 MiB answers, unread: past BEHIND_BYTES, within the bound.
+        let answer = 1u32 << 20;
+        let asks = 8;
+        let mut out = BytesMut::new();
+        for _ in 0..asks {
+            ipc::put_request(&mut out, 0, &echo_request(answer));
+        }
+        c.send_raw(&out);
+        rig.turn_until("the client is behind", |r| r.server.receivers_behind());
+        assert_eq!(rig.server.stats().behind, 1);
+        // It takes nothing for longer than STUCK_AFTER: not waited for any more.
+        std::thread::sleep(STUCK_AFTER + Duration::from_millis(100));
+        rig.turn();
+        assert!(
+            !rig.server.receivers_behind(),
+            "a stopped client is still waited for"
+        );
+        // It reads some (not all): output moves again, and it is behind again.
+        rig.turn_until("a mebibyte read", |_| {
+            c.read_some();
+            c.buf.len() >= 1 << 20
+        });
+        assert!(
+            rig.server.receivers_behind(),
+            "a reading client is not waited for"
+        );
+        // It reads everything: caught up, and every answer arrived.
+        let mut got = 0;
+        rig.turn_until("every answer read", |_| {
+            while c.poll_frame().is_some() {
+                got += 1;
+            }
+            got == asks
+        });
+        rig.turn_until("caught up", |r| !r.server.receivers_behind());
+    }
+
     /// Requests answered with more than they cost: however many a client sends at once,
     /// the registry holds no more than the bound of answers before they go to the
     /// connections (where the output bound applies), and every request is answered, in
