@@ -1076,15 +1076,22 @@ mod tests {
         out.to_vec()
     }
 
-    fn pair() -> (Connection, Peer) {
+    /// A connected socket pair: the client's end, and the executive's as a [`Peer`]
+    /// whose reads give up after 10 s.
+    fn sockets() -> (UnixStream, Peer) {
         let (client, server) = UnixStream::pair().unwrap();
         server
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut peer = Peer {
+        let peer = Peer {
             stream: server,
             buf: BytesMut::new(),
         };
+        (client, peer)
+    }
+
+    fn pair() -> (Connection, Peer) {
+        let (client, mut peer) = sockets();
         let t = std::thread::spawn(move || {
             let mut v = SaVersion::B_01_01;
             Connection::handshake(client, ServiceId::CPG, &mut v)
@@ -1332,14 +1339,7 @@ mod tests {
 
     #[test]
     fn a_callback_in_the_same_read_as_the_handshake_reply_is_queued() {
-        let (client, server) = UnixStream::pair().unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut peer = Peer {
-            stream: server,
-            buf: BytesMut::new(),
-        };
+        let (client, mut peer) = sockets();
         let mut out = BytesMut::new();
         let reply = ConnectReply {
             version: SaVersion::B_01_01,
@@ -1366,14 +1366,7 @@ mod tests {
             (SaError::Version, true),
             (SaError::NoResources, false),
         ] {
-            let (client, server) = UnixStream::pair().unwrap();
-            server
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut peer = Peer {
-                stream: server,
-                buf: BytesMut::new(),
-            };
+            let (client, mut peer) = sockets();
             let t = handshake_in_thread(
                 client,
                 SaVersion {

@@ -237,10 +237,10 @@ impl Daemon {
             if !token_sent {
                 // No token went out (a visit that keeps it, or frames sent while we
                 // hold it): its own messages are delivered here already, and the
-                // client that waits for them is woken
-                // before the frames' system call, which on a loaded host may hand this
-                // core to the receivers it wakes. Nothing waits for the frames but the
-                // other members, and they get them a few microseconds later.
+                // client that waits for them is woken before the frames' system call,
+                // which on a loaded host may hand this core to the receivers it wakes.
+                // Nothing waits for the frames but the other members, and they get
+                // them a few microseconds later.
                 progress |= self.deliver(poll, pending);
             }
             // A little output for the clients (a few deliveries: the latency case) goes

@@ -400,10 +400,7 @@ impl IpcServer {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return served;
             };
-            if conn.parked {
-                return served;
-            }
-            if short {
+            if conn.parked || short {
                 return served;
             }
             if budget == 0 {
@@ -429,7 +426,6 @@ impl IpcServer {
                     if until == ReadUntil::ShortRead && n < self.scratch.len() {
                         // Drained: serve what came, and save the read that would only
                         // say so.
-                        budget = 0;
                         short = true;
                     }
                 }
@@ -949,6 +945,14 @@ mod tests {
             }
         }
 
+        /// A client bound to the echo service, its handshake answered `Ok`.
+        fn echo_client(&mut self) -> Client {
+            let mut c = self.connect();
+            let reply = self.handshake(&mut c, Echo::ID, SaVersion::B_01_01);
+            assert_eq!(reply.sa_error(), SaError::Ok, "echo handshake");
+            c
+        }
+
         /// A client bound to `service` at `version`: the handshake's answer.
         fn handshake(
             &mut self,
@@ -1078,9 +1082,7 @@ mod tests {
     #[test]
     fn a_bound_connection_is_served_and_its_close_runs_lib_exit() {
         let mut rig = Rig::new("served", 8);
-        let mut c = rig.connect();
-        let reply = rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01);
-        assert_eq!(reply.sa_error(), SaError::Ok);
+        let mut c = rig.echo_client();
         c.send(0, &echo_request(3));
         let r = rig.response(&mut c);
         assert_eq!(
@@ -1216,24 +1218,14 @@ mod tests {
         assert_eq!(rig.response(&mut a).body.len(), 1);
         drop(b);
         rig.turn_until("the closed one is gone", |r| r.server.connections() == 1);
-        let mut c = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
+        let _c = rig.echo_client();
         assert_eq!(rig.server.stats().accepted, 3);
     }
 
     #[test]
     fn malformed_and_oversized_frames_close_only_their_connection() {
         let mut rig = Rig::new("garbage", 8);
-        let mut good = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut good, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
+        let mut good = rig.echo_client();
         let oversized = |id: u32| {
             let mut b = Vec::new();
             b.extend_from_slice(&(ipc::MAX_FRAME_LEN as u32 + 1).to_be_bytes());
@@ -1261,12 +1253,7 @@ mod tests {
             assert_eq!(rig.server.stats().closed_bad_frame, n as u64 + 1);
         }
         // A bound connection sending an oversized frame: closed, and its lib_exit runs.
-        let mut bound = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut bound, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
+        let mut bound = rig.echo_client();
         bound.send_raw(&oversized(0));
         rig.wait_closed(&mut bound);
         rig.turn_until("lib_exit of the oversized one", |r| {
@@ -1285,18 +1272,8 @@ mod tests {
     #[test]
     fn a_client_that_stops_reading_is_closed_and_its_output_stays_bounded() {
         let mut rig = Rig::new("slow", 8);
-        let mut other = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut other, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
-        let mut slow = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut slow, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
+        let mut other = rig.echo_client();
+        let mut slow = rig.echo_client();
         // 1 MiB answers, twice the bound's worth; the client reads none of them.
         let answer = 1u32 << 20;
         let asks = 2 * MAX_OUTPUT_BYTES / answer as usize;
@@ -1332,12 +1309,7 @@ mod tests {
     #[test]
     fn a_client_behind_is_waited_for_while_it_reads_and_not_once_it_stops() {
         let mut rig = Rig::new("behind", 8);
-        let mut c = rig.connect();
-        assert_eq!(
-            rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01)
-                .sa_error(),
-            SaError::Ok
-        );
+        let mut c = rig.echo_client();
         assert!(!rig.server.receivers_behind());
         // Eight 1 MiB answers, unread: past BEHIND_BYTES, within the bound.
         let answer = 1u32 << 20;
@@ -1383,9 +1355,7 @@ mod tests {
     #[test]
     fn answers_waiting_in_the_registry_stay_bounded() {
         let mut rig = Rig::new("effects", 8);
-        let mut c = rig.connect();
-        let reply = rig.handshake(&mut c, Echo::ID, SaVersion::B_01_01);
-        assert_eq!(reply.sa_error(), SaError::Ok);
+        let mut c = rig.echo_client();
         // Small requests (about 100 KB: one write the socket takes whole), in one go.
         let asks = 2 * MAX_PENDING_EFFECTS + 100;
         let mut out = BytesMut::new();

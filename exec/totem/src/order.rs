@@ -142,18 +142,10 @@ impl Srp {
     /// then sends the frames that follow the token.
     fn end_visit(&mut self, tok: Token, trailing: Vec<Bytes>, may_linger: bool) {
         if may_linger && self.may_linger(&tok) {
-            self.send_all(trailing);
             self.linger(tok);
-            return;
+        } else if let Some(tok) = self.wait_for_receivers(tok) {
+            self.forward_token(tok);
         }
-        let tok = match self.wait_for_receivers(tok) {
-            Some(tok) => tok,
-            None => {
-                self.send_all(trailing);
-                return;
-            }
-        };
-        self.forward_token(tok);
         self.send_all(trailing);
     }
 
