@@ -253,6 +253,10 @@ enum ReadMode {
 enum ReadOutcome {
     /// Bytes were read (and routed), or the connection died.
     Progress,
+    /// A poll-mode read took less than it asked for: the socket held no more at that
+    /// moment (a stream socket's receive hands over everything queued, up to the
+    /// length), so reading again now would only meet `EAGAIN`.
+    Drained,
     /// Nothing to read right now (poll mode only), or interrupted.
     Idle,
 }
@@ -577,6 +581,15 @@ impl Connection {
     /// callbacks queued: they are dropped); after the connection broke, the callbacks
     /// read before it are still returned, then its error.
     pub fn poll_callbacks(&self, wait: bool) -> Result<bool, SaError> {
+        self.poll_callbacks_in_round(wait, &mut false)
+    }
+
+    /// [`Connection::poll_callbacks`] for one round of a dispatch loop that calls it
+    /// until it returns `false`: `drained` starts false for the round and is set once
+    /// a read found the socket emptied. Without `wait`, a round that has drained the
+    /// socket reads no more (the next round, after the application's poll, does): it
+    /// saves each non-blocking dispatch the read that would only return `EAGAIN`.
+    pub fn poll_callbacks_in_round(&self, wait: bool, drained: &mut bool) -> Result<bool, SaError> {
         let mut st = self.io.state.lock();
         if wait && !st.closed {
             // Nothing of ours waits in the library while we sleep. An error breaks the
@@ -593,7 +606,7 @@ impl Connection {
             if let Some(e) = st.broken {
                 return Err(e);
             }
-            if st.reading {
+            if st.reading || (*drained && !wait) {
                 if !wait {
                     return Ok(false);
                 }
@@ -604,8 +617,10 @@ impl Connection {
                 } else {
                     ReadMode::Poll
                 };
-                if self.read_turn(&mut st, mode) == ReadOutcome::Idle && !wait {
-                    return Ok(!st.callbacks.is_empty());
+                match self.read_turn(&mut st, mode) {
+                    ReadOutcome::Idle if !wait => return Ok(!st.callbacks.is_empty()),
+                    ReadOutcome::Drained => *drained = true,
+                    ReadOutcome::Idle | ReadOutcome::Progress => {}
                 }
             }
         }
@@ -668,9 +683,13 @@ impl Connection {
                 st.broken.get_or_insert(SaError::Library);
                 ReadOutcome::Progress
             }
-            Ok(_) => {
+            Ok(n) => {
                 self.route(st, &mut buf);
-                ReadOutcome::Progress
+                if mode == ReadMode::Poll && n < READ_CHUNK {
+                    ReadOutcome::Drained
+                } else {
+                    ReadOutcome::Progress
+                }
             }
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock
@@ -1131,6 +1150,45 @@ mod tests {
         assert_eq!(&conn.take_callback().unwrap().body[..], b"second");
         assert_eq!(conn.take_callback(), None);
         assert_eq!(conn.poll_callbacks(false), Ok(false));
+    }
+
+    #[test]
+    fn a_dispatch_round_reads_no_more_once_a_read_drained_the_socket() {
+        let (conn, mut peer) = pair();
+        peer.send(1 | CALLBACK_FLAG, SaError::Ok, b"first");
+        let mut drained = false;
+        let poll_until_read = |drained: &mut bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if conn.poll_callbacks_in_round(false, drained) == Ok(true) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the callback was never read");
+                *drained = false;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        };
+        poll_until_read(&mut drained);
+        assert!(
+            drained,
+            "a read shorter than its buffer did not count as drained"
+        );
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"first");
+        // What arrives after the round's short read waits for the next round.
+        peer.send(2 | CALLBACK_FLAG, SaError::Ok, b"second");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(conn.poll_callbacks_in_round(false, &mut drained), Ok(false));
+        assert_eq!(conn.take_callback(), None);
+        let mut next_round = false;
+        assert_eq!(
+            conn.poll_callbacks_in_round(false, &mut next_round),
+            Ok(true)
+        );
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"second");
+        // A blocking round is never cut short: it waits for data.
+        peer.send(3 | CALLBACK_FLAG, SaError::Ok, b"third");
+        assert_eq!(conn.poll_callbacks_in_round(true, &mut drained), Ok(true));
+        assert_eq!(&conn.take_callback().unwrap().body[..], b"third");
     }
 
     #[test]

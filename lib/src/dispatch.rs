@@ -81,8 +81,9 @@ impl<H> Dispatcher<H> {
         F: FnMut(&mut H, ResponseFrame) -> Result<(), SaError>,
     {
         let _nest = NestGuard::enter(self as *const Self as usize)?;
+        let mut drained = false;
         loop {
-            match conn.poll_callbacks(flags == DispatchFlags::Blocking) {
+            match conn.poll_callbacks_in_round(flags == DispatchFlags::Blocking, &mut drained) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 Err(SaError::BadHandle) => return Ok(()),

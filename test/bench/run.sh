@@ -16,7 +16,8 @@
 # and splices the report into test/bench/RESULTS.md between its run.sh markers.
 #
 # Knobs (environment, defaults in brackets): REPS [3], DUR [3] s per throughput run,
-# SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], TRANSPORTS ["udp udpu"]
+# SIZES ["64 1024 8192 65536"], LAT_SIZES ["64 1024"], LAT_S [3], WIRE_SIZES (iperf3's datagram
+# sizes, "" for none) ["1024 1472 8192 65000"], TRANSPORTS ["udp udpu"]
 # (aisexec's: multicast and unicast),
 # FAIL_REPS [=REPS], SOAK_S [60], IDLE_S [10], COROSYNC [auto|no], CS_TRANSPORTS
 # ["udpu knet"], NETMTU and LINGER_US [unset: aisexec's defaults], RESULTS [test/bench/RESULTS.md, "-" for none], WORK [/tmp/aisbench-run],
@@ -33,6 +34,7 @@ DUR=${DUR:-3}
 SIZES=${SIZES-"64 1024 8192 65536"}
 LAT_SIZES=${LAT_SIZES:-"64 1024"}
 LAT_S=${LAT_S:-3}
+WIRE_SIZES=${WIRE_SIZES-"1024 1472 8192 65000"}
 TRANSPORTS=${TRANSPORTS:-"udp udpu"}
 TRANSPORT=""
 FAIL_REPS=${FAIL_REPS:-$REPS}
@@ -217,7 +219,7 @@ measure_wire() {
         return
     }
     local size rep
-    for size in 1024 1472 8192 65000; do
+    for size in $WIRE_SIZES; do
         for rep in $(seq "$REPS"); do
             ip netns exec ais2 iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
             local srv=$!
