@@ -975,6 +975,55 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_a_few_h
     check(&mut c);
 }
 
+#[test]
+fn a_member_missing_a_frame_asks_for_a_lingering_token_and_gets_it_resent_within_the_visit() {
+    const LINGER_US: u32 = 500;
+    let (mut c, ring) = formed(74, 3, linger_profile(LINGER_US));
+    let visit_us = c.params().linger_visit_us;
+    // Node 1's client answers each delivery 50 µs later: node 1 keeps the token for up
+    // to a whole visit's linger budget at a time.
+    let answer = |c: &mut Cluster| {
+        let id = c.send_numbered(1, 64).unwrap();
+        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
+        let at = c.now().plus_micros(50);
+        c.run_until(|c| c.now() >= at, 1);
+        id
+    };
+    for _ in 0..20 {
+        answer(&mut c);
+    }
+    assert!(c.srp(1).unwrap().stats().token_lingers > 0);
+    // The first copy to node 3 of node 1's next frame is lost. Node 3 can ask for it
+    // only on the token, which node 1 would keep for the rest of its visit, and then
+    // for the next visits too, while its client keeps answering.
+    let wants = c.srp(3).unwrap().stats().token_wants;
+    let (_wire, _target) = first_frame_to_3(&mut c, ring, Fate::Drop);
+    let lost_at = c.now();
+    let lost = answer(&mut c);
+    let mut rounds = 0;
+    while !c.delivered_ids(3).contains(&lost) {
+        assert!(
+            rounds < 10_000,
+            "node 3 never got the lost frame:\n{}",
+            c.status()
+        );
+        answer(&mut c);
+        rounds += 1;
+    }
+    let waited = c.now().micros_since(lost_at);
+    assert!(
+        waited < visit_us / 4,
+        "node 3 waited {waited} µs for a lost frame (one visit's linger budget is {visit_us} µs)"
+    );
+    assert!(
+        c.srp(3).unwrap().stats().token_wants > wants,
+        "node 3 did not ask for the token"
+    );
+    c.clear_filter();
+    drain(&mut c);
+    check(&mut c);
+}
+
 // ----- waiting for slow receivers -----
 
 #[test]

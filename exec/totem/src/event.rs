@@ -97,7 +97,8 @@ pub struct Stats {
     /// `TotemConfig::linger_us`).
     pub token_lingers: u64,
     /// Token hold cancels we sent on a busy ring, because the token's holder might be
-    /// lingering with it while our messages wait.
+    /// lingering with it while our messages wait, or while we miss frames that only a
+    /// token visit can ask to be resent.
     pub token_wants: u64,
     /// Times we kept the token because our own applications were behind on their
     /// deliveries (see [`crate::Srp::set_receivers_behind`]); one visit may count

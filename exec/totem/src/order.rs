@@ -461,13 +461,37 @@ impl Srp {
             if !idle {
                 self.stats.token_wants += 1;
             }
-            self.hold_cancel_sent = true;
-            let f = Frame::TokenHoldCancel(TokenHoldCancel {
-                sender: self.me,
-                ring_id: self.ring_id,
-            });
-            self.send(Dest::Multicast, f.to_bytes());
+            self.send_hold_cancel();
         }
+    }
+
+    /// We miss frames below the highest one received: they can be asked for only on
+    /// the token, and a holder lingering with it may keep it for the rest of its
+    /// visit, visit after visit while its application keeps sending (each of our
+    /// `miss_count_const` visits before the request would be a whole linger budget
+    /// long). Ask for it, once per visit of ours like any want; a holder that is not
+    /// lingering only skips its next linger.
+    fn want_token_for_gap(&mut self) {
+        if self.p.linger_us > 0
+            && !self.hold_cancel_sent
+            && self.held_token.is_none()
+            && self.store.aru() < self.store.high_seq()
+        {
+            self.stats.token_wants += 1;
+            self.send_hold_cancel();
+        }
+    }
+
+    /// Multicasts a token hold cancel: the holder passes the token on at once if it
+    /// keeps it (idle or lingering), else skips its next linger. One per visit of
+    /// ours at most (`hold_cancel_sent` is cleared when the token comes).
+    fn send_hold_cancel(&mut self) {
+        self.hold_cancel_sent = true;
+        let f = Frame::TokenHoldCancel(TokenHoldCancel {
+            sender: self.me,
+            ring_id: self.ring_id,
+        });
+        self.send(Dest::Multicast, f.to_bytes());
     }
 
     pub(crate) fn on_token_hold_cancel(&mut self, ring_id: crate::RingId) {
@@ -500,6 +524,7 @@ impl Srp {
                 if m.ring_id == self.ring_id {
                     if self.store.insert(m.seq, held) {
                         self.deliver_ready();
+                        self.want_token_for_gap();
                     }
                 } else if !self.memb.contains(m.sender) {
                     info!(target: "totem", "{}: message from {} of foreign ring {}; merging",
