@@ -482,9 +482,10 @@ impl Srp {
         }
     }
 
-    /// Multicasts a token hold cancel: the holder passes the token on at once if it
-    /// keeps it (idle or lingering), else skips its next linger. One per visit of
-    /// ours at most (`hold_cancel_sent` is cleared when the token comes).
+    /// Multicasts a token hold cancel: a holder keeping the token idle or lingering
+    /// passes it on at once (one waiting for its own slow receivers only skips the
+    /// linger after the wait), any other member skips its next linger. One per visit
+    /// of ours at most (`hold_cancel_sent` is cleared when the token comes).
     fn send_hold_cancel(&mut self) {
         self.hold_cancel_sent = true;
         let f = Frame::TokenHoldCancel(TokenHoldCancel {
