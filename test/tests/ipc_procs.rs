@@ -120,6 +120,19 @@ impl RawCpg {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+
+    /// Joins `group` as process `pid` and checks the executive said Ok.
+    fn join(&mut self, group: &str, pid: u32) {
+        let join = GroupReq {
+            group: GroupName::new(group.as_bytes().to_vec()).unwrap(),
+            pid,
+        };
+        assert_eq!(
+            self.request(req::JOIN, &join.to_bytes()).sa_error(),
+            SaError::Ok,
+            "join {group}"
+        );
+    }
 }
 
 #[test]
@@ -141,14 +154,7 @@ fn a_cpg_client_that_stops_reading_is_disconnected_and_leaves_with_procdown() {
     // A pid of its own, so the others can tell it from this test's other clients.
     let pid = 4_000_000 + std::process::id() % 100_000;
     let me = format!("1:{pid}");
-    let join = GroupReq {
-        group: GroupName::new(group.as_bytes().to_vec()).unwrap(),
-        pid,
-    };
-    assert_eq!(
-        slow.request(req::JOIN, &join.to_bytes()).sa_error(),
-        SaError::Ok
-    );
+    slow.join(group, pid);
     for w in &watchers {
         assert!(
             w.wait_line(
@@ -221,14 +227,7 @@ fn a_cpg_client_that_reads_slower_than_a_flood_holds_the_ring_back_and_stays_con
     let group = "slowish";
     let mut reader = RawCpg::connect(&c, 1);
     let pid = 4_100_000 + std::process::id() % 100_000;
-    let join = GroupReq {
-        group: GroupName::new(group.as_bytes().to_vec()).unwrap(),
-        pid,
-    };
-    assert_eq!(
-        reader.request(req::JOIN, &join.to_bytes()).sa_error(),
-        SaError::Ok
-    );
+    reader.join(group, pid);
     // Node 2 multicasts 60 KB messages as fast as the ring takes them for 3 s; node 1's
     // reader takes at most 64 KiB per 2 ms (32 MB/s), a fraction of that. Without the
     // ring waiting for it, its output would pass the 16 MiB bound within a second.

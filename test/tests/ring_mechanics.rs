@@ -850,6 +850,24 @@ fn a_sender_answering_its_own_delivery_sends_in_the_same_visit_when_the_token_li
     assert_eq!(c.srp(1).unwrap().stats().token_lingers, 0);
 }
 
+/// Node 1's client with one request outstanding: sends, waits for its own delivery,
+/// then answers 50 µs later. Returns the message's id.
+fn answer_from_1(c: &mut Cluster) -> MsgId {
+    let id = c.send_numbered(1, 64).unwrap();
+    assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
+    let at = c.now().plus_micros(50);
+    c.run_until(|c| c.now() >= at, 1);
+    id
+}
+
+/// Twenty of node 1's answers, after which node 1 keeps the token between them.
+fn node_1_lingering(c: &mut Cluster) {
+    for _ in 0..20 {
+        answer_from_1(c);
+    }
+    assert!(c.srp(1).unwrap().stats().token_lingers > 0);
+}
+
 #[test]
 fn a_lingering_token_moves_on_after_linger_us_and_not_while_others_have_a_backlog() {
     const LINGER_US: u32 = 2000;
@@ -889,13 +907,7 @@ fn a_lingering_token_moves_on_after_linger_us_and_not_while_others_have_a_backlo
     let burst: Vec<MsgId> = (0..2000)
         .map(|_| c.send_numbered(2, frame_sized(&c)).unwrap())
         .collect();
-    // Node 1's client answers each delivery 50 µs later.
-    let answer = |c: &mut Cluster| {
-        let id = c.send_numbered(1, 64).unwrap();
-        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
-        let at = c.now().plus_micros(50);
-        c.run_until(|c| c.now() >= at, 1);
-    };
+    // Node 1's client answers each delivery 50 µs later (`answer_from_1`).
     let mut rounds = 0;
     while !delivered_everywhere(&c, &[2], &burst[..100]) {
         assert!(
@@ -903,13 +915,13 @@ fn a_lingering_token_moves_on_after_linger_us_and_not_while_others_have_a_backlo
             "node 2 never got the token:\n{}",
             c.status()
         );
-        answer(&mut c);
+        answer_from_1(&mut c);
         rounds += 1;
     }
     let before = c.srp(1).unwrap().stats().token_lingers;
     rounds = 0;
     while !delivered_everywhere(&c, &[2], &burst[..burst.len() / 2]) && rounds < 10_000 {
-        answer(&mut c);
+        answer_from_1(&mut c);
         rounds += 1;
     }
     assert!(
@@ -933,16 +945,7 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_a_few_h
     let hop_us = c.delay_us();
     // Node 1's client answers each delivery 50 µs later, so node 1 keeps the token for
     // up to a whole visit's linger...
-    let answer = |c: &mut Cluster| {
-        let id = c.send_numbered(1, 64).unwrap();
-        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
-        let at = c.now().plus_micros(50);
-        c.run_until(|c| c.now() >= at, 1);
-    };
-    for _ in 0..20 {
-        answer(&mut c);
-    }
-    assert!(c.srp(1).unwrap().stats().token_lingers > 0);
+    node_1_lingering(&mut c);
     // ... until node 2, which queues a message meanwhile, asks for it.
     let wants = c.srp(2).unwrap().stats().token_wants;
     let queued_at = c.now();
@@ -954,7 +957,7 @@ fn a_member_waiting_for_a_lingering_token_asks_for_it_and_gets_it_within_a_few_h
             "node 2 never got the token:\n{}",
             c.status()
         );
-        // As `answer`, but stopping as soon as node 2 has its message.
+        // As `answer_from_1`, but stopping as soon as node 2 has its message.
         let mine = c.send_numbered(1, 64).unwrap();
         let done =
             |c: &Cluster| c.delivered_ids(1).contains(&mine) || c.delivered_ids(2).contains(&id);
@@ -982,24 +985,14 @@ fn a_member_missing_a_frame_asks_for_a_lingering_token_and_gets_it_resent_within
     let visit_us = c.params().linger_visit_us;
     // Node 1's client answers each delivery 50 µs later: node 1 keeps the token for up
     // to a whole visit's linger budget at a time.
-    let answer = |c: &mut Cluster| {
-        let id = c.send_numbered(1, 64).unwrap();
-        assert!(c.run_until(|c| c.delivered_ids(1).contains(&id), 1000));
-        let at = c.now().plus_micros(50);
-        c.run_until(|c| c.now() >= at, 1);
-        id
-    };
-    for _ in 0..20 {
-        answer(&mut c);
-    }
-    assert!(c.srp(1).unwrap().stats().token_lingers > 0);
+    node_1_lingering(&mut c);
     // The first copy to node 3 of node 1's next frame is lost. Node 3 can ask for it
     // only on the token, which node 1 would keep for the rest of its visit, and then
     // for the next visits too, while its client keeps answering.
     let wants = c.srp(3).unwrap().stats().token_wants;
     let (_wire, _target) = first_frame_to_3(&mut c, ring, Fate::Drop);
     let lost_at = c.now();
-    let lost = answer(&mut c);
+    let lost = answer_from_1(&mut c);
     let mut rounds = 0;
     while !c.delivered_ids(3).contains(&lost) {
         assert!(
@@ -1007,7 +1000,7 @@ fn a_member_missing_a_frame_asks_for_a_lingering_token_and_gets_it_resent_within
             "node 3 never got the lost frame:\n{}",
             c.status()
         );
-        answer(&mut c);
+        answer_from_1(&mut c);
         rounds += 1;
     }
     let waited = c.now().micros_since(lost_at);
